@@ -1,0 +1,255 @@
+"""Dense vs compact latency in one process: same inputs, warm-up, interleaved repeats, medians.
+
+Timed units per task:
+- question-answering: one forward pass (torch eager, or ONNX Runtime on the exported graph);
+- summarization: the encoder forward alone, and `generate()` with exactly `new_tokens` new tokens
+  (EOS suppressed until then, so dense and compact do the same number of decoder steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from pruning.accounting import count_parameters, encoder_flops, flops
+from pruning.compact import compact_model
+from pruning.export import QA_INPUTS, export_qa_onnx, onnx_session
+from pruning.plan import PruningPlan
+from pruning.structure import Workload, geometry_of, task_of
+from pruning.timing import time_interleaved
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("torch", "onnx")
+
+
+class BenchRow(BaseModel):
+    arch: str
+    task: str
+    runtime: str
+    unit: str  # "forward", "encoder" or "generate"
+    batch: int
+    seq: int
+    new_tokens: int
+    dense_ms: float
+    compact_ms: float
+    speedup: float  # dense_ms / compact_ms
+    flops_ratio: float  # dense FLOPs / compact FLOPs for the same unit and shape
+    params_dense: int
+    params_compact: int
+    dense_iqr_ms: float
+    compact_iqr_ms: float
+    repeats: int
+    threads: int
+    device: str
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    batches: tuple[int, ...] = (1,)
+    seqs: tuple[int, ...] = (128,)
+    runtimes: tuple[str, ...] = ("torch",)
+    repeats: int = 10
+    warmup: int = 3
+    new_tokens: int = 32
+    threads: int | None = None
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One timed configuration: a unit at a shape, with its FLOPs ratio and a runner per model."""
+
+    unit: str
+    runtime: str
+    batch: int
+    seq: int
+    new_tokens: int
+    flops_ratio: float
+    dense: Callable[[], object]
+    compact: Callable[[], object]
+
+
+def _random_tokens(model: PreTrainedModel, batch: int, seq: int, generator: torch.Generator) -> torch.Tensor:
+    # Avoid the lowest ids, which hold special tokens (pad/bos/eos) in every vocabulary we support.
+    return torch.randint(5, model.config.vocab_size, (batch, seq), generator=generator)
+
+
+def _qa_cases(dense, compact, plan, settings, batch, seq, sessions, generator) -> Iterable[_Case]:
+    workload = Workload(seq)
+    ratio = flops(dense.config, PruningPlan.full(geometry_of(dense.config)), workload, "question-answering") / flops(
+        dense.config, plan, workload, "question-answering"
+    )
+    inputs = {
+        "input_ids": _random_tokens(dense, batch, seq, generator).to(settings.device),
+        "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=settings.device),
+        "token_type_ids": torch.zeros(batch, seq, dtype=torch.long, device=settings.device),
+    }
+    if "torch" in settings.runtimes:
+        yield _Case("forward", "torch", batch, seq, 0, ratio, lambda: dense(**inputs), lambda: compact(**inputs))
+    if "onnx" in settings.runtimes:
+        feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS}
+        dense_session, compact_session = sessions
+        yield _Case(
+            "forward",
+            "onnx",
+            batch,
+            seq,
+            0,
+            ratio,
+            lambda: dense_session.run(None, feeds),
+            lambda: compact_session.run(None, feeds),
+        )
+
+
+def _summarization_cases(dense, compact, plan, settings, batch, seq, generator) -> Iterable[_Case]:
+    full = PruningPlan.full(geometry_of(dense.config))
+    input_ids = _random_tokens(dense, batch, seq, generator).to(settings.device)
+    attention_mask = torch.ones_like(input_ids)
+    encoder_ratio = encoder_flops(dense.config, full, seq) / encoder_flops(dense.config, plan, seq)
+    yield _Case(
+        "encoder",
+        "torch",
+        batch,
+        seq,
+        0,
+        encoder_ratio,
+        lambda: dense.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
+        lambda: compact.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
+    )
+    n = settings.new_tokens
+    workload = Workload(seq, new_tokens=n)
+    generate_ratio = flops(dense.config, full, workload, "summarization") / flops(
+        dense.config, plan, workload, "summarization"
+    )
+    kwargs = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "max_new_tokens": n,
+        "min_new_tokens": n,
+        "num_beams": 1,
+        "do_sample": False,
+    }
+    yield _Case(
+        "generate",
+        "torch",
+        batch,
+        seq,
+        n,
+        generate_ratio,
+        lambda: dense.generate(**kwargs),
+        lambda: compact.generate(**kwargs),
+    )
+
+
+def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: BenchSettings) -> list[BenchRow]:
+    """Time `dense` against its compaction to `plan` over the settings' grid."""
+    threads = settings.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    task = task_of(dense)
+    dense = dense.to(settings.device).eval()
+    compact = compact_model(copy.deepcopy(dense), plan).eval()
+    params_dense, params_compact = count_parameters(dense), count_parameters(compact)
+    log.info("%s: %d → %d parameters; plan %s", arch, params_dense, params_compact, plan.summary())
+    if task != "question-answering" and "onnx" in settings.runtimes:
+        log.warning("ONNX export covers question-answering only; timing %s with torch alone", task)
+    generator = torch.Generator().manual_seed(0)
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        sessions = None
+        if task == "question-answering" and "onnx" in settings.runtimes:
+            log.info("exporting dense and compact models to ONNX")
+            sessions = tuple(
+                # Thread count only when asked for: ORT pins its own pool to cores only by default.
+                onnx_session(export_qa_onnx(model, Path(scratch) / f"{name}.onnx"), settings.device, settings.threads)
+                for name, model in (("dense", dense), ("compact", compact))
+            )
+        grid = [(batch, seq) for batch in settings.batches for seq in settings.seqs]
+        with torch.inference_mode():
+            for batch, seq in tqdm(grid, desc=f"bench {arch}", unit="shape"):
+                if task == "question-answering":
+                    cases = _qa_cases(dense, compact, plan, settings, batch, seq, sessions, generator)
+                else:
+                    cases = _summarization_cases(dense, compact, plan, settings, batch, seq, generator)
+                for case in cases:
+                    timings = time_interleaved(
+                        {"dense": case.dense, "compact": case.compact}, settings.warmup, settings.repeats
+                    )
+                    dense_timing, compact_timing = timings["dense"], timings["compact"]
+                    row = BenchRow(
+                        arch=arch,
+                        task=task,
+                        runtime=case.runtime,
+                        unit=case.unit,
+                        batch=batch,
+                        seq=seq,
+                        new_tokens=case.new_tokens,
+                        dense_ms=dense_timing.median_ms,
+                        compact_ms=compact_timing.median_ms,
+                        speedup=dense_timing.median_ms / compact_timing.median_ms,
+                        flops_ratio=case.flops_ratio,
+                        params_dense=params_dense,
+                        params_compact=params_compact,
+                        dense_iqr_ms=dense_timing.spread_ms,
+                        compact_iqr_ms=compact_timing.spread_ms,
+                        repeats=settings.repeats,
+                        threads=threads,
+                        device=settings.device,
+                    )
+                    log.info(
+                        "%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %.2f)",
+                        arch,
+                        row.runtime,
+                        row.unit,
+                        batch,
+                        seq,
+                        row.dense_ms,
+                        row.compact_ms,
+                        row.speedup,
+                        row.flops_ratio,
+                    )
+                    rows.append(row)
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    header = f"{'arch':<20} {'runtime':<7} {'unit':<8} {'batch':>5} {'seq':>5} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row.arch:<20} {row.runtime:<7} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
+            f"{row.compact_ms:>11.1f} {row.speedup:>8.2f} {row.flops_ratio:>11.2f} {row.speedup / row.flops_ratio:>13.2f}"
+        )
+    return "\n".join(lines)
+
+
+def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
+    """Bar chart of measured speedup next to the FLOPs ratio, one bar group per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.runtime}/{r.unit}\nb{r.batch} s{r.seq}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    ax.bar(x - 0.2, [r.speedup for r in rows], width=0.4, label="measured speedup (dense ms / compact ms)")
+    ax.bar(x + 0.2, [r.flops_ratio for r in rows], width=0.4, label="FLOPs ratio (dense / compact)")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("× faster")
+    ax.set_title(f"{rows[0].arch}: compact vs dense ({rows[0].device}, {rows[0].threads} threads)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,17 @@
+"""Error types whose messages say what is wrong and where, so a user can act on them."""
+
+
+class BlockserveError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero instead of a traceback."""
+
+
+class PlanError(BlockserveError, ValueError):
+    """A pruning plan is malformed or does not fit the model it is applied to."""
+
+
+class CheckpointError(BlockserveError):
+    """A checkpoint directory is missing files, holds unsafe files, or its tensors do not match."""
+
+
+class UnsupportedModelError(BlockserveError):
+    """The architecture or task head has no structure description."""

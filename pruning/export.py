@@ -1,0 +1,97 @@
+"""ONNX export of (dense or compact) BERT QA models and ONNX Runtime sessions to run them.
+
+The graph is exported from the *eager* attention path: with SDPA the exported graph breaks on a
+layer with zero heads, and ONNX Runtime runs the plain matmul/softmax graph faster on CPU anyway.
+Batch and sequence axes are dynamic.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import onnxruntime as ort
+import torch
+from transformers import PreTrainedModel
+
+from pruning.checkpoint import MANIFEST_NAME, load_checkpoint
+from pruning.errors import UnsupportedModelError
+from pruning.structure import task_of
+
+log = logging.getLogger(__name__)
+
+ONNX_NAME = "model.onnx"
+QA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+QA_OUTPUTS = ("start_logits", "end_logits")
+EXPORTABLE_TASKS = ("question-answering",)
+
+
+def export_qa_onnx(model: PreTrainedModel, path: str | Path) -> Path:
+    """Write `model` (a BERT QA model, dense or compact) as ONNX with dynamic batch and sequence."""
+    task = task_of(model)
+    if task not in EXPORTABLE_TASKS:
+        raise UnsupportedModelError(f"ONNX export supports {', '.join(EXPORTABLE_TASKS)}; this model is {task}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    # Example sizes > 1 so the exporter does not specialise the dynamic axes to 1.
+    example = {
+        "input_ids": torch.ones(2, 16, dtype=torch.long),
+        "attention_mask": torch.ones(2, 16, dtype=torch.long),
+        "token_type_ids": torch.zeros(2, 16, dtype=torch.long),
+    }
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic = {name: {0: batch, 1: sequence} for name in QA_INPUTS}
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter warns about every traced shape guard
+            torch.onnx.export(
+                model.eval(),
+                (),
+                str(path),
+                kwargs=example,
+                input_names=list(QA_INPUTS),
+                output_names=list(QA_OUTPUTS),
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        model.set_attn_implementation(previous)
+    log.info("exported %s", path)
+    return path
+
+
+def export_checkpoint(model_dir: str | Path, out_dir: str | Path) -> Path:
+    """Export a checkpoint directory to `out_dir/model.onnx`, copying its tokenizer and manifest."""
+    checkpoint = load_checkpoint(model_dir)
+    out_dir = Path(out_dir)
+    onnx_path = export_qa_onnx(checkpoint.model, out_dir / ONNX_NAME)
+    checkpoint.model.config.save_pretrained(out_dir)
+    for name in (MANIFEST_NAME, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        source = checkpoint.directory / name
+        if source.is_file():
+            shutil.copy2(source, out_dir / name)
+    return onnx_path
+
+
+def onnx_providers(device: str = "auto") -> list[str]:
+    """CUDA first when onnxruntime-gpu sees a GPU (unless `device='cpu'`), CPU always as fallback."""
+    available = ort.get_available_providers()
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise UnsupportedModelError(f"device 'cuda' asked for, but onnxruntime offers only {available}")
+    return ["CPUExecutionProvider"]
+
+
+def onnx_session(path: str | Path, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime session with all graph optimisations on."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=onnx_providers(device))

@@ -1,0 +1,90 @@
+"""Tiny BERT/BART models built from configs, and tokenizers trained here: no hub, no network."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    BartConfig,
+    BartForConditionalGeneration,
+    BertConfig,
+    BertForQuestionAnswering,
+    PreTrainedTokenizerFast,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+_CORPUS = [
+    "The Apollo program was the third United States human spaceflight program carried out by NASA.",
+    "Fresno is a major city in the San Joaquin Valley of California, United States.",
+    "A prime number is a natural number greater than 1 that has no positive divisors other than 1 and itself.",
+    "The Victoria and Albert Museum in London is the world's largest museum of decorative arts and design.",
+    "Summaries are short; articles are long. Pruning removes heads and feed-forward units from each layer.",
+]
+
+
+def _training_text() -> list[str]:
+    """Real text when the shared data is present, the built-in sentences otherwise."""
+    squad = SHARED / "data" / "squad" / "dev.json"
+    if squad.is_file():
+        paragraphs = json.loads(squad.read_text())["data"][0]["paragraphs"][:20]
+        return _CORPUS + [p["context"] for p in paragraphs]
+    return _CORPUS
+
+
+def train_wordpiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
+    """A BERT-style WordPiece tokenizer trained locally by the `tokenizers` library."""
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer.train_from_iterator(
+        _training_text(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
+    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def tiny_bert(vocab_size: int = 300, layers: int = 3, seed: int = 0) -> BertForQuestionAnswering:
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    return BertForQuestionAnswering(config).eval()
+
+
+def tiny_bart(vocab_size: int = 120, seed: int = 0) -> BartForConditionalGeneration:
+    torch.manual_seed(seed)
+    config = BartConfig(
+        vocab_size=vocab_size,
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        max_position_embeddings=64,
+    )
+    return BartForConditionalGeneration(config).eval()

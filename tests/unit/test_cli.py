@@ -1,0 +1,104 @@
+"""The `blockserve` commands: happy paths, and clear non-zero exits on bad arguments or files."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pruning.cli import main
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _usage_error(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).with_name("blockserve")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True)
+    for command in ("plan", "compact", "export", "bench", "demo"):
+        assert command in result.stdout
+
+
+def test_plan_compact_export_bench_end_to_end(capsys, dense_bert_dir, tmp_path):
+    plan = tmp_path / "plan.json"
+    code, out, _ = _run(
+        capsys, "plan", "--model", str(dense_bert_dir), "--keep-heads", "0.5", "--keep-ffn", "0.25", "--out", str(plan)
+    )
+    assert code == 0 and "wrote uniform plan" in out
+    assert json.loads(plan.read_text())["architecture"] == "bert"
+
+    compact = tmp_path / "compact"
+    code, out, _ = _run(capsys, "compact", "--model", str(dense_bert_dir), "--plan", str(plan), "--out", str(compact))
+    assert code == 0 and "FLOPs ratio" in out
+    assert (compact / "blockserve.json").is_file()
+
+    code, out, _ = _run(capsys, "export", "--model", str(compact), "--out", str(tmp_path / "onnx"))
+    assert code == 0 and (tmp_path / "onnx" / "model.onnx").is_file()
+
+    # A compact checkpoint is benchmarked against the dense source named in its manifest.
+    code, out, err = _run(
+        capsys, "bench", "--model", str(compact), "--seq", "8", "--repeats", "1", "--warmup", "0", "--json", "-"
+    )
+    assert code == 0
+    (row,) = [json.loads(line) for line in out.splitlines()]
+    assert row["runtime"] == "torch" and row["seq"] == 8
+    assert "speedup/FLOPs" in err  # the table goes to stderr when JSON goes to stdout
+
+
+def test_bench_preset_writes_json_file_and_plot(capsys, tmp_path):
+    path, plot = tmp_path / "rows.jsonl", tmp_path / "rows.png"
+    code, out, _ = _run(
+        capsys,
+        "bench", "--arch", "bart-tiny", "--seq", "8", "--new-tokens", "2", "--repeats", "1",
+        "--json", str(path), "--plot", str(plot),
+    )  # fmt: skip
+    assert code == 0
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["unit"] for row in rows] == ["encoder", "generate"]
+    assert plot.stat().st_size > 1000
+
+
+def test_missing_files_and_bad_values_are_usage_errors(capsys, dense_bert_dir, tmp_path):
+    err = _usage_error(
+        capsys, "compact", "--model", str(dense_bert_dir), "--plan", str(tmp_path / "none.json"), "--out", "x"
+    )
+    assert "none.json does not exist" in err
+    err = _usage_error(capsys, "compact", "--model", str(tmp_path / "missing"), "--plan", "p", "--out", "x")
+    assert "is not a directory" in err
+    err = _usage_error(capsys, "bench", "--arch", "bert-tiny", "--keep-heads", "1.5")
+    assert "not a fraction" in err
+    err = _usage_error(capsys, "bench", "--arch", "no-such-model")
+    assert "invalid choice" in err
+    err = _usage_error(capsys, "bench", "--arch", "bert-tiny", "--seq", "0")
+    assert "must be ≥ 1" in err
+
+
+def test_invalid_plan_is_a_clear_error_not_a_traceback(capsys, dense_bert_dir, tmp_path):
+    plan = tmp_path / "bad.json"
+    _run(capsys, "plan", "--model", str(dense_bert_dir), "--keep-heads", "1", "--keep-ffn", "1", "--out", str(plan))
+    data = json.loads(plan.read_text())
+    data["stacks"]["encoder"]["layers"][2]["heads"]["self_attn"] = [0, 0]
+    plan.write_text(json.dumps(data))
+    code, _, err = _run(
+        capsys, "compact", "--model", str(dense_bert_dir), "--plan", str(plan), "--out", str(tmp_path / "o")
+    )
+    assert code == 2
+    assert "blockserve compact: error:" in err and "encoder layer 2: self_attn head index 0 is listed twice" in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_errors_exit_non_zero(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = _run(capsys, "export", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "has no config.json" in err

@@ -1,0 +1,73 @@
+"""ONNX export of dense and compact BERT QA: parity with torch on new batch and sequence sizes."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from pruning.checkpoint import MANIFEST_NAME, compact_checkpoint
+from pruning.compact import compact_model
+from pruning.errors import UnsupportedModelError
+from pruning.export import ONNX_NAME, QA_INPUTS, export_checkpoint, export_qa_onnx, onnx_providers, onnx_session
+from pruning.plan import PruningPlan
+from pruning.structure import geometry_of
+from tests.factories import tiny_bart, tiny_bert
+
+TOLERANCE = 1e-4
+
+
+def _feeds(vocab_size: int, batch: int, seq: int) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(batch * 100 + seq)
+    ids = torch.randint(5, vocab_size, (batch, seq), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[-1, seq // 2 :] = 0
+    types = torch.zeros_like(ids)
+    types[:, seq // 3 :] = 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def _assert_parity(model, onnx_path) -> None:
+    session = onnx_session(onnx_path, device="cpu")
+    # Shapes differ from the export example (2 × 16): the axes must really be dynamic.
+    for batch, seq in ((1, 7), (3, 29)):
+        inputs = _feeds(model.config.vocab_size, batch, seq)
+        with torch.no_grad():
+            expected = model(**inputs)
+        start, end = session.run(None, {name: inputs[name].numpy().astype(np.int64) for name in QA_INPUTS})
+        np.testing.assert_allclose(start, expected.start_logits.numpy(), atol=TOLERANCE, rtol=0)
+        np.testing.assert_allclose(end, expected.end_logits.numpy(), atol=TOLERANCE, rtol=0)
+
+
+def test_dense_export_matches_torch(tmp_path):
+    model = tiny_bert()
+    _assert_parity(model, export_qa_onnx(model, tmp_path / "dense.onnx"))
+
+
+def test_compact_export_with_empty_layers_matches_torch(tmp_path):
+    model = tiny_bert()
+    plan = PruningPlan.uniform(geometry_of(model.config), 0.5, 0.25)
+    plan.stacks["encoder"].layers[1].heads["self_attn"] = []
+    plan.stacks["encoder"].layers[2].ffn_units = []
+    compact = compact_model(copy.deepcopy(model), plan)
+    _assert_parity(compact, export_qa_onnx(compact, tmp_path / "compact.onnx"))
+    # Export leaves the torch model on its original attention implementation.
+    assert compact.config._attn_implementation == model.config._attn_implementation
+
+
+def test_export_checkpoint_writes_a_self_describing_directory(dense_bert_dir, tmp_path):
+    model_dir = tmp_path / "compact"
+    compact_checkpoint(dense_bert_dir, PruningPlan.uniform(geometry_of(tiny_bert().config), 0.5, 0.5), model_dir)
+    out = tmp_path / "onnx"
+    assert export_checkpoint(model_dir, out) == out / ONNX_NAME
+    assert {ONNX_NAME, MANIFEST_NAME, "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_summarization_export_is_refused_clearly(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="ONNX export supports question-answering"):
+        export_qa_onnx(tiny_bart(), tmp_path / "bart.onnx")
+
+
+def test_cpu_provider_is_always_available():
+    assert onnx_providers("cpu") == ["CPUExecutionProvider"]
+    assert onnx_providers("auto")[-1] == "CPUExecutionProvider"
