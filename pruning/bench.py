@@ -171,7 +171,13 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
             log.info("exporting dense and compact models to ONNX")
             sessions = tuple(
                 # Thread count only when asked for: ORT pins its own pool to cores only by default.
-                onnx_session(export_qa_onnx(model, Path(scratch) / f"{name}.onnx"), settings.device, settings.threads)
+                # No spinning: dense and compact sessions (and torch) alternate on the same cores.
+                onnx_session(
+                    export_qa_onnx(model, Path(scratch) / f"{name}.onnx"),
+                    settings.device,
+                    settings.threads,
+                    spinning=False,
+                )
                 for name, model in (("dense", dense), ("compact", compact))
             )
         grid = [(batch, seq) for batch in settings.batches for seq in settings.seqs]

@@ -7,6 +7,8 @@ Batch and sequence axes are dynamic.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import shutil
 import warnings
@@ -45,8 +47,10 @@ def export_qa_onnx(model: PreTrainedModel, path: str | Path) -> Path:
     }
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     dynamic = {name: {0: batch, 1: sequence} for name in QA_INPUTS}
+    exporter_output = io.StringIO()
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        # The exporter prints progress to stdout, which would corrupt `bench --json -`; keep it for debug.
+        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(exporter_output):
             warnings.simplefilter("ignore")  # the exporter warns about every traced shape guard
             torch.onnx.export(
                 model.eval(),
@@ -61,6 +65,7 @@ def export_qa_onnx(model: PreTrainedModel, path: str | Path) -> Path:
             )
     finally:
         model.set_attn_implementation(previous)
+        log.debug("exporter output:\n%s", exporter_output.getvalue())
     log.info("exported %s", path)
     return path
 
@@ -88,10 +93,20 @@ def onnx_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def onnx_session(path: str | Path, device: str = "auto", threads: int | None = None) -> ort.InferenceSession:
-    """An ONNX Runtime session with all graph optimisations on."""
+def onnx_session(
+    path: str | Path, device: str = "auto", threads: int | None = None, spinning: bool = True
+) -> ort.InferenceSession:
+    """An ONNX Runtime session with all graph optimisations on.
+
+    `spinning=False` stops the session's threads from busy-waiting after each run. A server with
+    one session per process wants spinning (lower latency); a benchmark that alternates between
+    sessions, or with torch, must turn it off, or each session's spinning threads steal the cores
+    from the next run (measured here: 2× slower runs that are not the model's fault).
+    """
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=onnx_providers(device))
