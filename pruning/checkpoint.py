@@ -260,19 +260,23 @@ def _load_dense(directory: Path, config: PretrainedConfig) -> PreTrainedModel:
     model_class = _model_class(config, None)
     files = _weight_files(directory)
     try:
-        model, info = model_class.from_pretrained(directory, use_safetensors=True, output_loading_info=True)
+        # Mismatches are collected rather than raised so the error can name tensor and shapes.
+        model, info = model_class.from_pretrained(
+            directory, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         raise CheckpointError(f"{files[0]}: {error}") from None
     problems = []
-    if info.get("missing_keys"):
-        problems.append(f"missing tensors: {', '.join(sorted(info['missing_keys'])[:5])}")
-    if info.get("mismatched_keys"):
+    if info["mismatched_keys"]:
         shown = ", ".join(
-            f"{name} {tuple(found)} vs expected {tuple(want)}" for name, found, want in info["mismatched_keys"][:5]
+            f"tensor {name!r} has shape {tuple(found)}; the model expects {tuple(expected)}"
+            for name, found, expected in sorted(info["mismatched_keys"])[:5]
         )
-        problems.append(f"shape mismatches: {shown}")
+        problems.append(shown)
+    if info["missing_keys"]:
+        problems.append(f"tensors missing from the checkpoint: {', '.join(sorted(info['missing_keys'])[:5])}")
     if problems:
-        raise CheckpointError(f"{files[0]}: " + "; ".join(problems))
+        raise CheckpointError(f"{files[0].name} in {directory}: " + "; ".join(problems))
     return model
 
 

@@ -128,6 +128,20 @@ def test_corrupt_safetensors_is_reported(compact_bert_dir, tmp_path):
         load_checkpoint(broken)
 
 
+def test_dense_shape_mismatch_and_missing_tensor_are_reported(dense_bert_dir, tmp_path):
+    broken = _copy(dense_bert_dir, tmp_path)
+    tensors = load_file(broken / "model.safetensors")
+    tensors["bert.encoder.layer.0.attention.self.query.weight"] = torch.zeros(24, 32)
+    del tensors["qa_outputs.bias"]
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(broken)
+    message = str(error.value)
+    assert message.startswith("model.safetensors in ")
+    assert "tensor 'bert.encoder.layer.0.attention.self.query.weight' has shape (24, 32); the model expects (32, 32)" in message
+    assert "tensors missing from the checkpoint: qa_outputs.bias" in message
+
+
 def test_corrupt_dense_safetensors_is_reported(dense_bert_dir, tmp_path):
     broken = _copy(dense_bert_dir, tmp_path)
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
