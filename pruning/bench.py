@@ -252,10 +252,11 @@ def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
     ax.bar(x - 0.2, [r.speedup for r in rows], width=0.4, label="measured speedup (dense ms / compact ms)")
     ax.bar(x + 0.2, [r.flops_ratio for r in rows], width=0.4, label="FLOPs ratio (dense / compact)")
     ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_ylim(0, 1.3 * max(max(r.speedup, r.flops_ratio) for r in rows))  # headroom for the legend
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("× faster")
     ax.set_title(f"{rows[0].arch}: compact vs dense ({rows[0].device}, {rows[0].threads} threads)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
