@@ -23,6 +23,9 @@ from pruning.errors import UnsupportedModelError
 from pruning.structure import task_of
 
 log = logging.getLogger(__name__)
+# The exporter warns on every export that torchvision's detection ops cannot be registered; we export
+# no vision ops, so that is noise.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 ONNX_NAME = "model.onnx"
 QA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -138,7 +138,10 @@ def test_dense_shape_mismatch_and_missing_tensor_are_reported(dense_bert_dir, tm
         load_checkpoint(broken)
     message = str(error.value)
     assert message.startswith("model.safetensors in ")
-    assert "tensor 'bert.encoder.layer.0.attention.self.query.weight' has shape (24, 32); the model expects (32, 32)" in message
+    assert (
+        "tensor 'bert.encoder.layer.0.attention.self.query.weight' has shape (24, 32); the model expects (32, 32)"
+        in message
+    )
     assert "tensors missing from the checkpoint: qa_outputs.bias" in message
 
 
