@@ -187,7 +187,8 @@ def read_manifest(directory: Path) -> Manifest | None:
         raise CheckpointError(f"{path}: {describe_validation_error(error)}") from None
 
 
-def _read_config(directory: Path) -> PretrainedConfig:
+def read_config(directory: Path) -> PretrainedConfig:
+    """The stock config of a checkpoint directory; a `CheckpointError` if it is missing or broken."""
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory} has no config.json")
     try:
@@ -283,7 +284,7 @@ def _load_dense(directory: Path, config: PretrainedConfig) -> PreTrainedModel:
 def load_checkpoint(path_or_id: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu") -> Checkpoint:
     """Load a dense or compact checkpoint from a directory or hub id, in eval mode."""
     directory = resolve_directory(path_or_id)
-    config = _read_config(directory)
+    config = read_config(directory)
     manifest = read_manifest(directory)
     model = _load_compact(directory, config, manifest) if manifest else _load_dense(directory, config)
     if dtype is not None:

@@ -59,11 +59,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def _dense_config(args: argparse.Namespace):
-    from transformers import AutoConfig
-
+    from pruning.checkpoint import read_config, resolve_directory
     from pruning.presets import preset_config
 
-    return preset_config(args.arch)[1] if args.arch else AutoConfig.from_pretrained(args.model)
+    return preset_config(args.arch)[1] if args.arch else read_config(resolve_directory(args.model))
 
 
 def cmd_compact(args: argparse.Namespace) -> None:
@@ -109,6 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         if to_stdout:
             print(lines)
         else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(lines + "\n")
             print(f"wrote {args.json}")
     if args.plot:

@@ -105,3 +105,13 @@ def test_checkpoint_errors_exit_non_zero(capsys, tmp_path):
     (tmp_path / "empty").mkdir()
     code, _, err = _run(capsys, "export", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "o"))
     assert code == 2 and "has no config.json" in err
+    code, _, err = _run(
+        capsys, "plan", "--model", str(tmp_path / "empty"), "--keep-heads", "1", "--keep-ffn", "1", "--out", "p.json"
+    )
+    assert code == 2 and "has no config.json" in err
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    code, _, err = _run(capsys, "bench", "--arch", "bert-tiny", "--device", "cuda", "--repeats", "1")
+    assert code == 2 and "torch sees no CUDA device" in err
