@@ -8,10 +8,8 @@ pure compute would give, to be compared with a measured speedup.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig
 
 from pruning.plan import PruningPlan
 from pruning.structure import Geometry, StackGeometry, Workload, geometry_of, spec_for_config
@@ -104,24 +102,3 @@ def removed_parameters(geometry: Geometry, plan: PruningPlan) -> int:
 def count_parameters(model: torch.nn.Module) -> int:
     """Distinct parameters (tied embeddings counted once), on any device including meta."""
     return sum(parameter.numel() for parameter in model.parameters())
-
-
-@dataclass(frozen=True)
-class PlanStats:
-    params: int
-    params_dense: int
-    flops_ratio: float
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"params": self.params, "params_dense": self.params_dense, "flops_ratio": self.flops_ratio}
-
-
-def plan_stats(dense_model: PreTrainedModel, plan: PruningPlan, workload: Workload, task: str) -> PlanStats:
-    """Parameter counts and FLOPs ratio of `plan` applied to this (dense) model."""
-    geometry = geometry_of(dense_model.config)
-    params_dense = count_parameters(dense_model)
-    return PlanStats(
-        params=params_dense - removed_parameters(geometry, plan),
-        params_dense=params_dense,
-        flops_ratio=flops_ratio(dense_model.config, plan, workload, task),
-    )

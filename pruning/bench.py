@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from pruning.accounting import count_parameters, encoder_flops, flops
+from pruning.accounting import count_parameters, encoder_flops, flops_ratio
 from pruning.compact import compact_model
 from pruning.errors import BlockserveError
 from pruning.export import QA_INPUTS, export_qa_onnx, onnx_session
@@ -87,10 +87,7 @@ def _random_tokens(model: PreTrainedModel, batch: int, seq: int, generator: torc
 
 
 def _qa_cases(dense, compact, plan, settings, batch, seq, sessions, generator) -> Iterable[_Case]:
-    workload = Workload(seq)
-    ratio = flops(dense.config, PruningPlan.full(geometry_of(dense.config)), workload, "question-answering") / flops(
-        dense.config, plan, workload, "question-answering"
-    )
+    ratio = flops_ratio(dense.config, plan, Workload(seq), "question-answering")
     inputs = {
         "input_ids": _random_tokens(dense, batch, seq, generator).to(settings.device),
         "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=settings.device),
@@ -129,10 +126,7 @@ def _summarization_cases(dense, compact, plan, settings, batch, seq, generator) 
         lambda: compact.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
     )
     n = settings.new_tokens
-    workload = Workload(seq, new_tokens=n)
-    generate_ratio = flops(dense.config, full, workload, "summarization") / flops(
-        dense.config, plan, workload, "summarization"
-    )
+    generate_ratio = flops_ratio(dense.config, plan, Workload(seq, new_tokens=n), "summarization")
     kwargs = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
