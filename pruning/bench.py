@@ -24,7 +24,7 @@ from transformers import PreTrainedModel
 from pruning.accounting import count_parameters, encoder_flops, flops_ratio
 from pruning.compact import compact_model
 from pruning.errors import BlockserveError
-from pruning.export import QA_INPUTS, export_qa_onnx, onnx_session
+from pruning.export import EXPORTABLE_TASKS, QA_INPUTS, export_qa_onnx, onnx_session
 from pruning.plan import PruningPlan
 from pruning.structure import Workload, geometry_of, task_of
 from pruning.timing import time_interleaved
@@ -158,13 +158,14 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
     compact = compact_model(copy.deepcopy(dense), plan).eval()
     params_dense, params_compact = count_parameters(dense), count_parameters(compact)
     log.info("%s: %d → %d parameters; plan %s", arch, params_dense, params_compact, plan.summary())
-    if task != "question-answering" and "onnx" in settings.runtimes:
-        log.warning("ONNX export covers question-answering only; timing %s with torch alone", task)
+    use_onnx = "onnx" in settings.runtimes and task in EXPORTABLE_TASKS
+    if "onnx" in settings.runtimes and not use_onnx:
+        log.warning("ONNX export covers %s only; timing %s with torch alone", ", ".join(EXPORTABLE_TASKS), task)
     generator = torch.Generator().manual_seed(0)
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory() as scratch:
         sessions = None
-        if task == "question-answering" and "onnx" in settings.runtimes:
+        if use_onnx:
             log.info("exporting dense and compact models to ONNX")
             sessions = tuple(
                 # Thread count only when asked for: ORT pins its own pool to cores only by default.
