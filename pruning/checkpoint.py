@@ -257,8 +257,10 @@ def _load_compact(directory: Path, config: PretrainedConfig, manifest: Manifest)
     return model
 
 
-def _load_dense(directory: Path, config: PretrainedConfig) -> PreTrainedModel:
-    model_class = _model_class(config, None)
+def _load_dense(
+    directory: Path, config: PretrainedConfig, task: str | None = None, allow_new_head: bool = False
+) -> PreTrainedModel:
+    model_class = _model_class(config, task)
     files = _weight_files(directory)
     try:
         # Mismatches are collected rather than raised so the error can name tensor and shapes.
@@ -274,19 +276,43 @@ def _load_dense(directory: Path, config: PretrainedConfig) -> PreTrainedModel:
             for name, found, expected in sorted(info["mismatched_keys"])[:5]
         )
         problems.append(shown)
-    if info["missing_keys"]:
-        problems.append(f"tensors missing from the checkpoint: {', '.join(sorted(info['missing_keys'])[:5])}")
+    missing = sorted(info["missing_keys"])
+    new_head = [name for name in missing if not name.startswith(f"{model.base_model_prefix}.")]
+    if allow_new_head and new_head:
+        log.warning(
+            "%s has no %s task head; initialised fresh: %s", directory, model_class.__name__, ", ".join(new_head)
+        )
+        missing = [name for name in missing if name not in new_head]
+    if missing:
+        problems.append(f"tensors missing from the checkpoint: {', '.join(missing[:5])}")
     if problems:
         raise CheckpointError(f"{files[0].name} in {directory}: " + "; ".join(problems))
     return model
 
 
-def load_checkpoint(path_or_id: str | Path, *, dtype: torch.dtype | None = None, device: str = "cpu") -> Checkpoint:
-    """Load a dense or compact checkpoint from a directory or hub id, in eval mode."""
+def load_checkpoint(
+    path_or_id: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str = "cpu",
+    task: str | None = None,
+    allow_new_head: bool = False,
+) -> Checkpoint:
+    """Load a dense or compact checkpoint from a directory or hub id, in eval mode.
+
+    `task` picks the head for a dense checkpoint whose config names another class (e.g. a
+    pretrained `BertForMaskedLM` to fine-tune for question answering); `allow_new_head` lets that
+    head start from fresh weights. Every other missing or mis-shaped tensor is an error.
+    """
     directory = resolve_directory(path_or_id)
     config = read_config(directory)
     manifest = read_manifest(directory)
-    model = _load_compact(directory, config, manifest) if manifest else _load_dense(directory, config)
+    if manifest and task and task != manifest.task:
+        raise CheckpointError(f"{directory} is a compact {manifest.task} checkpoint, not {task}")
+    if manifest:
+        model = _load_compact(directory, config, manifest)
+    else:
+        model = _load_dense(directory, config, task, allow_new_head)
     if dtype is not None:
         model = model.to(dtype)
     model = model.to(device).eval()

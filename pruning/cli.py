@@ -1,8 +1,9 @@
-"""`blockserve` command line: plan, compact, export, bench, demo."""
+"""`blockserve` command line: finetune, prune, evaluate, plan, compact, export, bench, demo."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +38,22 @@ def _fraction(value: str) -> float:
     return number
 
 
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be > 0")
+    return number
+
+
+def _non_negative_float(value: str) -> float:
+    if value.strip() == "0":
+        return 0.0
+    return _positive_float(value)
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -48,6 +65,126 @@ def _positive_int(value: str) -> int:
 
 
 # ---- commands -------------------------------------------------------------------------------------
+def _task_settings(args: argparse.Namespace) -> dict:
+    """Task options the user gave (the others keep each task's defaults)."""
+    names = ("max_length", "stride", "max_source_tokens", "max_target_tokens", "num_beams")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _write_json(result: dict, destination: str | None) -> None:
+    text = json.dumps(result, indent=1)
+    if destination == "-":
+        print(text)
+        return
+    if destination:
+        Path(destination).parent.mkdir(parents=True, exist_ok=True)
+        Path(destination).write_text(text + "\n")
+    summary = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+    print(summary + (f"\nwrote {destination}" if destination else ""))
+
+
+def _train_settings(args: argparse.Namespace, *, epochs: float | None = None, max_steps: int | None = None):
+    from pruning.training import TrainSettings
+
+    return TrainSettings(
+        epochs=epochs if epochs is not None else args.epochs,
+        max_steps=max_steps if epochs is not None else args.max_steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        score_learning_rate=getattr(args, "score_lr", 1e-2),
+        distill_alpha=getattr(args, "distill_alpha", 0.0),
+        temperature=getattr(args, "temperature", 2.0),
+        warmup_fraction=args.warmup,
+        log_every=args.log_every,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        seed=args.seed,
+    )
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from pruning.finetune import finetune
+
+    summary = finetune(
+        args.model,
+        args.train,
+        args.out,
+        task_name=args.task,
+        settings=_train_settings(args),
+        task_settings=_task_settings(args),
+        eval_file=args.eval,
+        train_limit=args.train_limit,
+        eval_limit=args.eval_limit,
+        device=args.device,
+        resume=args.resume,
+    )
+    print(f"wrote {args.out} ({summary['steps']} steps, {summary['train_seconds']:.0f} s)")
+    if "evaluation" in summary:
+        _write_json(summary["evaluation"], None)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from pruning.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.model, args.data, limit=args.limit, task_settings=_task_settings(args), device=args.device
+    )
+    _write_json(result, args.json)
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from pruning.movement import MovementSettings
+    from pruning.prune import MovementRecipe, prune_movement
+
+    fill = None
+    if args.fill_epochs or args.fill_steps:
+        fill = _train_settings(args, epochs=args.fill_epochs or 1.0, max_steps=args.fill_steps)
+    recipe = MovementRecipe(
+        movement=MovementSettings(
+            block=args.block,
+            hybrid=args.hybrid,
+            mode=args.mask,
+            target_density=args.target_density,
+            final_threshold=args.final_threshold,
+            lambda_attention=args.lambda_attention,
+            lambda_ffn=args.lambda_ffn,
+            lambda_decoder=args.lambda_decoder,
+            warmup_fraction=args.mask_warmup,
+            hold_fraction=args.mask_hold,
+        ),
+        train=_train_settings(args),
+        fill=fill,
+        task_settings=_task_settings(args),
+        train_limit=args.train_limit,
+        eval_limit=args.eval_limit,
+        eval_sample=args.eval_sample,
+        evaluate_teacher=args.eval_teacher,
+    )
+    manifest = prune_movement(
+        args.teacher,
+        args.train,
+        args.eval,
+        args.out,
+        recipe,
+        workdir=args.workdir,
+        device=args.device,
+        resume=args.resume,
+    )
+    evaluation = manifest.evaluation
+    print(
+        f"wrote {args.out}: density {manifest.method['final_density']:.3f}, FLOPs ratio {manifest.stats.flops_ratio:.2f}"
+    )
+    for stack, counts in manifest.plan.summary().items():
+        print(
+            f"  {stack}: heads {counts['heads_kept']}/{counts['heads_total']}, "
+            f"FFN units {counts['ffn_units_kept']}/{counts['ffn_units_total']}"
+        )
+    for name in ("teacher", "pruned", "filled"):
+        if name in evaluation:
+            metrics = {k: round(v, 2) for k, v in evaluation[name].items() if isinstance(v, float) and k != "seconds"}
+            print(f"  {name}: {metrics}")
+
+
 def cmd_plan(args: argparse.Namespace) -> None:
     from pruning.plan import PruningPlan
     from pruning.structure import geometry_of
@@ -158,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_finetune(commands)
+    _add_prune(commands)
+
+    evaluate = commands.add_parser("evaluate", help="score a dense or compact checkpoint on a data file")
+    evaluate.add_argument("--model", type=_existing_dir, required=True, help="checkpoint directory or hub id")
+    evaluate.add_argument("--data", type=_existing_file, required=True, help="SQuAD JSON (QA) or JSONL (summarization)")
+    evaluate.add_argument("--limit", type=_positive_int, help="score only the first N examples")
+    evaluate.add_argument("--json", help="write the result to PATH ('-' for stdout)")
+    evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    _add_task_options(evaluate)
+    evaluate.set_defaults(run=cmd_evaluate)
+
     plan = commands.add_parser("plan", help="write a uniform (synthetic) pruning plan for a model or preset")
     source = plan.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=_existing_dir, help="dense checkpoint directory or hub id")
@@ -202,6 +351,98 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="artifacts/demo", help="where the demo writes its checkpoints")
     demo.set_defaults(run=cmd_demo)
     return parser
+
+
+def _add_task_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("task options (defaults: QA 384/128; summarization 512/128 tokens, 4 beams)")
+    group.add_argument("--max-length", type=_positive_int, help="QA: tokens per window")
+    group.add_argument("--stride", type=_positive_int, help="QA: overlap between windows of a long context")
+    group.add_argument("--max-source-tokens", type=_positive_int, help="summarization: article tokens kept")
+    group.add_argument(
+        "--max-target-tokens", type=_positive_int, help="summarization: summary tokens (train, generate)"
+    )
+    group.add_argument("--num-beams", type=_positive_int, help="summarization: beam width at evaluation")
+
+
+def _add_training_options(parser: argparse.ArgumentParser, *, lr: float, epochs: float) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument(
+        "--epochs", type=_positive_float, default=epochs, help=f"passes over the data (default {epochs:g})"
+    )
+    group.add_argument("--max-steps", type=_positive_int, help="stop after N steps (overrides --epochs)")
+    group.add_argument("--batch-size", type=_positive_int, default=16)
+    group.add_argument("--lr", type=_positive_float, default=lr, help=f"weight learning rate (default {lr:g})")
+    group.add_argument("--warmup", type=_fraction, default=0.1, help="share of steps with rising learning rate")
+    group.add_argument("--train-limit", type=_positive_int, help="use only the first N training examples")
+    group.add_argument("--eval-limit", type=_positive_int, help="use only the first N eval examples")
+    group.add_argument("--eval-every", type=_positive_int, help="steps between evaluations (default: 4 per run)")
+    group.add_argument("--log-every", type=_positive_int, default=20, help="steps between log lines")
+    group.add_argument("--save-every", type=_positive_int, default=100, help="steps between resumable states")
+    group.add_argument("--resume", action="store_true", help="continue an interrupted run from its work directory")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+
+
+def _add_finetune(commands) -> None:
+    finetune = commands.add_parser("finetune", help="fine-tune a dense model on a task (e.g. to make a teacher)")
+    finetune.add_argument("--model", type=_existing_dir, required=True, help="dense checkpoint directory or hub id")
+    finetune.add_argument("--train", type=_existing_file, required=True, help="training data file")
+    finetune.add_argument("--eval", type=_existing_file, help="evaluate on this file at the end (and 4 times during)")
+    finetune.add_argument("--out", required=True, help="output directory")
+    finetune.add_argument(
+        "--task", choices=("question-answering", "summarization"), help="task head (default: from config.json)"
+    )
+    _add_training_options(finetune, lr=5e-5, epochs=2.0)
+    _add_task_options(finetune)
+    finetune.set_defaults(run=cmd_finetune)
+
+
+def _add_prune(commands) -> None:
+    prune = commands.add_parser(
+        "prune",
+        help="block movement pruning with distillation → compact checkpoint",
+        description="Needs only --teacher, --train, --eval and --out; the rest follows the paper's recipe.",
+    )
+    prune.add_argument("--method", choices=("movement",), default="movement")
+    prune.add_argument("--teacher", type=_existing_dir, required=True, help="dense fine-tuned checkpoint")
+    prune.add_argument("--train", type=_existing_file, required=True, help="training data file")
+    prune.add_argument("--eval", type=_existing_file, required=True, help="evaluation data file")
+    prune.add_argument("--out", required=True, help="output directory (compact format v1)")
+    prune.add_argument("--workdir", help="resumable state, history (default: OUT.work next to OUT)")
+    masks = prune.add_argument_group("masks")
+    masks.add_argument(
+        "--block", default="32x32", help="'RxC' blocks (R along the head axis) or 'head' (default 32x32)"
+    )
+    masks.add_argument(
+        "--hybrid",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="FFN pruned by whole units (default: on)",
+    )
+    masks.add_argument("--mask", choices=("topk", "threshold"), default="topk", help="binariser (default topk)")
+    masks.add_argument("--target-density", type=_fraction, default=0.25, help="topk: fraction of blocks kept")
+    masks.add_argument("--final-threshold", type=_fraction, default=0.1, help="threshold: final τ on sigmoid(score)")
+    masks.add_argument("--lambda-attention", type=_non_negative_float, default=0.0, help="regulariser λ, attention")
+    masks.add_argument("--lambda-ffn", type=_non_negative_float, default=0.0, help="regulariser λ, FFN")
+    masks.add_argument("--lambda-decoder", type=_non_negative_float, help="regulariser λ for the BART decoder")
+    masks.add_argument("--mask-warmup", type=_fraction, default=0.1, help="share of steps before pruning starts")
+    masks.add_argument("--mask-hold", type=_fraction, default=0.2, help="share of final steps at the final density")
+    masks.add_argument("--score-lr", type=_positive_float, default=1e-2, help="learning rate of the scores")
+    distill = prune.add_argument_group("distillation and hybrid-filled")
+    distill.add_argument("--distill-alpha", type=_fraction, default=0.9, help="weight of the distillation loss")
+    distill.add_argument("--temperature", type=_positive_float, default=2.0)
+    distill.add_argument("--fill-epochs", type=_positive_float, help="hybrid-filled: fine-tune the compact model")
+    distill.add_argument("--fill-steps", type=_positive_int, help="hybrid-filled: fine-tune for N steps")
+    distill.add_argument("--eval-sample", type=_positive_int, default=200, help="examples per periodic evaluation")
+    distill.add_argument(
+        "--eval-teacher",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="score the teacher on --eval too (default: on)",
+    )
+    _add_training_options(prune, lr=3e-5, epochs=1.0)
+    _add_task_options(prune)
+    prune.set_defaults(run=cmd_prune)
 
 
 def main(argv: list[str] | None = None) -> int:

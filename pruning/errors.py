@@ -15,3 +15,11 @@ class CheckpointError(BlockserveError):
 
 class UnsupportedModelError(BlockserveError):
     """The architecture or task head has no structure description."""
+
+
+class DataError(BlockserveError, ValueError):
+    """A training or evaluation data file is missing, unparsable, or lacks the fields a task needs."""
+
+
+class TrainingError(BlockserveError):
+    """A training run cannot start or resume (bad settings, mismatched resume state)."""

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -61,6 +61,39 @@ def train_wordpiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     )
 
 
+def _summarization_text() -> list[str]:
+    cnndm = SHARED / "data" / "summarization" / "cnndm_sample.jsonl"
+    if cnndm.is_file():
+        rows = [json.loads(line) for line in cnndm.read_text().splitlines()[:30]]
+        return _CORPUS + [row["article"][:2000] for row in rows] + [row["highlights"] for row in rows]
+    return _CORPUS
+
+
+def train_bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
+    """A BART-style byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2 as BART's config expects), trained here."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    tokenizer.train_from_iterator(
+        _summarization_text(),
+        trainers.BpeTrainer(
+            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+    )
+
+
 def tiny_bert(vocab_size: int = 300, layers: int = 3, seed: int = 0) -> BertForQuestionAnswering:
     torch.manual_seed(seed)
     config = BertConfig(
@@ -74,7 +107,7 @@ def tiny_bert(vocab_size: int = 300, layers: int = 3, seed: int = 0) -> BertForQ
     return BertForQuestionAnswering(config).eval()
 
 
-def tiny_bart(vocab_size: int = 120, seed: int = 0) -> BartForConditionalGeneration:
+def tiny_bart(vocab_size: int = 120, seed: int = 0, max_positions: int = 64) -> BartForConditionalGeneration:
     torch.manual_seed(seed)
     config = BartConfig(
         vocab_size=vocab_size,
@@ -85,6 +118,6 @@ def tiny_bart(vocab_size: int = 120, seed: int = 0) -> BartForConditionalGenerat
         decoder_attention_heads=4,
         encoder_ffn_dim=64,
         decoder_ffn_dim=64,
-        max_position_embeddings=64,
+        max_position_embeddings=max_positions,
     )
     return BartForConditionalGeneration(config).eval()

@@ -1,0 +1,137 @@
+"""Tiny end-to-end runs of movement pruning: BERT QA and BART summarization, built and trained here."""
+
+import json
+
+import pytest
+import torch
+
+from pruning.checkpoint import load_checkpoint, save_compact
+from pruning.cli import main
+from pruning.compact import compact_model
+from pruning.movement import MovementPruner, MovementSettings
+from pruning.tasks import make_task
+from pruning.training import Trainer, TrainSettings
+from tests.factories import _CORPUS
+
+
+@pytest.fixture(scope="module")
+def squad_file(tmp_path_factory):
+    """A SQuAD v1.1 file whose answers are real spans of the corpus sentences."""
+    questions = [("What is it?", 3), ("Where is it?", 7), ("Which one?", 1), ("Who did it?", 5)]
+    paragraphs = []
+    for index, context in enumerate(_CORPUS):
+        words = context.split()
+        qas = []
+        for number, (question, start_word) in enumerate(questions):
+            answer = " ".join(words[start_word : start_word + 2])
+            qas.append(
+                {
+                    "id": f"{index}-{number}",
+                    "question": question,
+                    "answers": [{"text": answer, "answer_start": context.index(answer)}],
+                }
+            )
+        paragraphs.append({"context": context, "qas": qas})
+    path = tmp_path_factory.mktemp("squad") / "tiny-squad.json"
+    path.write_text(json.dumps({"data": [{"title": "tiny", "paragraphs": paragraphs}]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def summaries_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("summaries") / "tiny.jsonl"
+    rows = [{"id": str(i), "article": " ".join(_CORPUS[i:] + _CORPUS[:i]), "highlights": _CORPUS[i]} for i in range(5)]
+    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    return path
+
+
+def _train_with_masks(model, tokenizer, task, data_file, settings, workdir, steps=8):
+    features = task.train_features(tokenizer, task.load(data_file))
+    train = TrainSettings(max_steps=steps, batch_size=4, learning_rate=1e-3, distill_alpha=0.5, log_every=2)
+    teacher = load_checkpoint(workdir.parent / "teacher").model if (workdir.parent / "teacher").exists() else None
+    pruner = MovementPruner.attach(model, settings, steps)
+    Trainer(model, tokenizer, task, features, train, workdir, pruner=pruner, teacher=teacher).train()
+    pruner.update(steps)
+    return pruner
+
+
+def test_tiny_bert_movement_pruning_end_to_end(dense_bert_dir, squad_file, tmp_path):
+    checkpoint = load_checkpoint(dense_bert_dir)
+    model, tokenizer = checkpoint.model, checkpoint.tokenizer()
+    task = make_task("question-answering", max_length=48, stride=16)
+    settings = MovementSettings(block="head", target_density=0.25, warmup_fraction=0.0, hold_fraction=0.25)
+    pruner = _train_with_masks(model, tokenizer, task, squad_file, settings, tmp_path / "run")
+
+    for group in pruner.groups.values():
+        assert group.density() == pytest.approx(0.25, abs=0.02)
+    inputs = tokenizer("Where is Fresno?", _CORPUS[1], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        masked = model(**inputs)
+    plan = pruner.plan()
+    pruner.detach()
+    compact_model(model, plan)
+    save_compact(model, plan, tmp_path / "compact", source=str(dense_bert_dir), tokenizer=tokenizer)
+
+    reloaded = load_checkpoint(tmp_path / "compact")
+    summary = plan.summary()["encoder"]
+    assert summary["heads_kept"] < summary["heads_total"]
+    assert summary["ffn_units_kept"] == pytest.approx(0.25 * summary["ffn_units_total"], abs=2)
+    assert reloaded.model.bert.encoder.layer[0].intermediate.dense.out_features < 64
+    with torch.no_grad():
+        compact = reloaded.model(**inputs)
+    assert torch.allclose(masked.start_logits, compact.start_logits, atol=1e-5)
+    assert torch.allclose(masked.end_logits, compact.end_logits, atol=1e-5)
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["density"] == pytest.approx(0.25, abs=0.02)
+
+
+def test_prune_cli_writes_compact_checkpoint_with_method_and_evaluation(dense_bert_dir, squad_file, tmp_path, capsys):
+    out = tmp_path / "pruned"
+    code = main(
+        ["prune", "--teacher", str(dense_bert_dir), "--train", str(squad_file), "--eval", str(squad_file),
+         "--out", str(out), "--block", "head", "--target-density", "0.25", "--max-steps", "6", "--batch-size", "4",
+         "--max-length", "48", "--stride", "16", "--fill-steps", "2", "--eval-limit", "8", "--log-every", "2",
+         "--lr", "1e-3"]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "heads" in printed and "teacher" in printed and "filled" in printed
+    manifest = json.loads((out / "blockserve.json").read_text())
+    assert manifest["method"]["name"] == "movement" and manifest["method"]["hybrid_filled"] is True
+    assert manifest["method"]["final_density"] == pytest.approx(0.25, abs=0.02)
+    assert manifest["method"]["movement"]["block"] == "head"
+    evaluation = manifest["evaluation"]
+    assert evaluation["result"] == "filled" and evaluation["filled"]["n"] == 8
+    assert {"f1", "exact_match"} <= set(evaluation["teacher"]) and {"f1", "exact_match"} <= set(evaluation["pruned"])
+    assert manifest["stats"]["params"] < manifest["stats"]["params_dense"]
+    assert (out / "history.jsonl").is_file() and (out / "training.png").stat().st_size > 0
+    stages = {json.loads(line)["stage"] for line in (out / "history.jsonl").read_text().splitlines()}
+    assert stages == {"prune", "fill"}
+    # The result loads and evaluates like any checkpoint.
+    assert main(["evaluate", "--model", str(out), "--data", str(squad_file), "--max-length", "48", "--stride", "16",
+                 "--json", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["task"] == "question-answering" and result["n"] == 20 and 0.0 <= result["f1"] <= 100.0
+
+
+def test_tiny_bart_prunes_heads_of_all_three_attention_kinds(summarizer_dir, summaries_file, tmp_path):
+    from pruning.prune import MovementRecipe, prune_movement
+
+    recipe = MovementRecipe(
+        movement=MovementSettings(block="head", target_density=0.25, warmup_fraction=0.0, hold_fraction=0.25),
+        train=TrainSettings(max_steps=8, batch_size=2, learning_rate=1e-3, log_every=2),
+        fill=TrainSettings(max_steps=2, batch_size=2, learning_rate=1e-3),
+        task_settings={"max_source_tokens": 96, "max_target_tokens": 12, "num_beams": 2},
+        eval_limit=2,
+    )
+    manifest = prune_movement(summarizer_dir, summaries_file, summaries_file, tmp_path / "bart", recipe)
+    plan = manifest.plan
+    for stack, block in (("encoder", "self_attn"), ("decoder", "self_attn"), ("decoder", "cross_attn")):
+        kept = sum(len(layer.heads[block]) for layer in plan.stacks[stack].layers)
+        assert kept < 8, f"{stack} {block} kept all heads"
+    assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(manifest.evaluation["filled"])
+    reloaded = load_checkpoint(tmp_path / "bart")
+    ids = torch.tensor([[0, 50, 60, 70, 2]])
+    generated = reloaded.model.generate(input_ids=ids, max_new_tokens=5, num_beams=1)
+    assert generated.shape[1] >= 2

@@ -1,0 +1,128 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pruning.errors import TrainingError
+from pruning.movement import MovementPruner, MovementSettings
+from pruning.tasks import make_task
+from pruning.training import Trainer, TrainSettings, _batch_indices
+from tests.factories import tiny_bert
+
+
+def _no_dropout(model):
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    model.config.attention_probs_dropout_prob = 0.0
+    return model
+
+
+@pytest.fixture
+def qa_setup(wordpiece_tokenizer):
+    task = make_task("question-answering", max_length=48, stride=16)
+    contexts = [
+        "Fresno is a major city in the San Joaquin Valley of California.",
+        "The Apollo program was carried out by NASA between 1961 and 1972.",
+    ]
+    features = []
+    for index, context in enumerate(contexts * 4):
+        answer = context.split()[2]
+        features.append({"question": "What?", "context": context, "answer": answer, "index": index})
+    from pruning.tasks.qa import QAExample
+
+    examples = [
+        QAExample(str(i), f["question"], f["context"], (f["answer"],), (f["context"].index(f["answer"]),))
+        for i, f in enumerate(features)
+    ]
+    return task, task.train_features(wordpiece_tokenizer, examples)
+
+
+def _trainer(model, tokenizer, task, features, workdir, **settings):
+    defaults = {"max_steps": 6, "batch_size": 2, "learning_rate": 1e-3, "save_every": 3, "log_every": 1}
+    pruner = MovementPruner.attach(model, MovementSettings(block="8x8", target_density=0.5), 6)
+    return Trainer(model, tokenizer, task, features, TrainSettings(**{**defaults, **settings}), workdir, pruner=pruner)
+
+
+def test_batches_cover_each_epoch_once_in_a_seeded_order():
+    first_epoch = sorted(i for step in range(4) for i in _batch_indices(step, 10, 3, seed=1))
+    assert first_epoch == list(range(10))
+    assert _batch_indices(0, 10, 3, seed=1) == _batch_indices(0, 10, 3, seed=1)
+    epoch_one = [_batch_indices(step, 10, 3, seed=1) for step in range(4)]
+    epoch_two = [_batch_indices(step, 10, 3, seed=1) for step in range(4, 8)]
+    assert epoch_one != epoch_two  # each epoch reshuffles
+    assert sorted(i for step in range(4, 8) for i in _batch_indices(step, 10, 3, seed=1)) == list(range(10))
+
+
+def test_scores_get_their_own_learning_rate(qa_setup, wordpiece_tokenizer, tmp_path):
+    task, features = qa_setup
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer))
+    trainer = _trainer(model, wordpiece_tokenizer, task, features, tmp_path, score_learning_rate=0.05)
+    weights, scores = trainer.optimizer.param_groups
+    assert scores["lr"] == pytest.approx(0.05 * trainer.scheduler.lr_lambdas[0](0))
+    assert {id(p) for p in scores["params"]} == trainer.pruner.score_parameter_ids()
+    assert not {id(p) for p in weights["params"]} & trainer.pruner.score_parameter_ids()
+
+
+def test_resume_continues_where_an_interrupted_run_stopped(qa_setup, wordpiece_tokenizer, tmp_path, monkeypatch):
+    task, features = qa_setup
+    uninterrupted = _no_dropout(tiny_bert(vocab_size=len(wordpiece_tokenizer)))
+    _trainer(uninterrupted, wordpiece_tokenizer, task, features, tmp_path / "a").train()
+
+    interrupted = _no_dropout(tiny_bert(vocab_size=len(wordpiece_tokenizer)))
+    trainer = _trainer(interrupted, wordpiece_tokenizer, task, features, tmp_path / "b")
+    original_loss = Trainer._loss
+
+    def crash_at_step_4(self, batch):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return original_loss(self, batch)
+
+    monkeypatch.setattr(Trainer, "_loss", crash_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    monkeypatch.setattr(Trainer, "_loss", original_loss)
+
+    resumed_model = _no_dropout(tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=7))  # other init: state must win
+    resumed = _trainer(resumed_model, wordpiece_tokenizer, task, features, tmp_path / "b")
+    result = resumed.train(resume=True)
+    assert result.steps == 6
+    state = json.loads((tmp_path / "b" / "state" / "trainer_state.json").read_text())
+    assert state["step"] == 3
+    for (name, expected), actual in zip(
+        uninterrupted.state_dict().items(), resumed_model.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(expected, actual, atol=1e-6), name
+
+
+def test_resume_refuses_state_of_other_settings(qa_setup, wordpiece_tokenizer, tmp_path):
+    task, features = qa_setup
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer))
+    trainer = _trainer(model, wordpiece_tokenizer, task, features, tmp_path)
+    trainer.save_state()
+    other = _trainer(tiny_bert(vocab_size=len(wordpiece_tokenizer)), wordpiece_tokenizer, task, features, tmp_path,
+                     learning_rate=5e-4)  # fmt: skip
+    with pytest.raises(TrainingError, match="other settings"):
+        other.train(resume=True)
+
+
+def test_distillation_and_regularisation_enter_the_loss(qa_setup, wordpiece_tokenizer, tmp_path):
+    task, features = qa_setup
+    teacher = tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=1)
+    student = tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=2)
+    pruner = MovementPruner.attach(student, MovementSettings(block="8x8", lambda_attention=1.0), 4)
+    settings = TrainSettings(max_steps=4, batch_size=2, log_every=1, distill_alpha=0.9)
+    Trainer(student, wordpiece_tokenizer, task, features, settings, tmp_path, teacher=teacher, pruner=pruner).train()
+    entries = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    last = entries[-1]
+    assert last["distill_loss"] > 0 and last["regularization"] > 0
+    expected = 0.1 * last["task_loss"] + 0.9 * last["distill_loss"] + last["regularization"]
+    assert last["loss"] == pytest.approx(expected, rel=1e-3)
+    assert not teacher.training  # the teacher stays in eval mode
+
+
+def test_settings_count_steps_from_epochs():
+    assert TrainSettings(epochs=2, batch_size=4).total_steps(10) == 6
+    assert TrainSettings(epochs=0.5, batch_size=4).total_steps(10) == 2
+    assert TrainSettings(max_steps=7).total_steps(10) == 7
