@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench lint clean
+.PHONY: install test test-fast demo bench movement-qa movement-bart lint clean
 
 install: $(STAMP)
 
@@ -42,6 +42,43 @@ bench: $(STAMP)
 		--json $(BENCH_OUT)/bart-base.jsonl --plot $(BENCH_OUT)/bart-base.png
 	$(BENCH) --arch bart-large --seq 512 --batch 1 --new-tokens 32 --repeats 4 \
 		--json $(BENCH_OUT)/bart-large.jsonl --plot $(BENCH_OUT)/bart-large.png
+
+# Small-scale runs of the paper's method quoted in BENCHMARKS.md (CPU: ~60 and ~25 minutes).
+# Checkpoints go to artifacts/ (not committed); manifests, histories and plots to benchmarks/movement/.
+SHARED := ../shared
+SQUAD := $(SHARED)/data/squad
+CNNDM := $(SHARED)/data/summarization
+MOVEMENT := benchmarks/movement
+QA_OUT := artifacts/minilm-movement
+movement-qa: $(STAMP)
+	mkdir -p $(MOVEMENT)
+	$(BIN)/blockserve prune --teacher $(SHARED)/models/minilm-l6-squad --train $(SQUAD)/train.json \
+		--eval $(SQUAD)/dev.json --out $(QA_OUT) --block 32x32 --hybrid --target-density 0.3 --max-steps 300 \
+		--lr 8e-5 --fill-steps 100 --max-length 256 --stride 96 --eval-every 75 --log-every 10
+	$(BIN)/blockserve bench --model $(QA_OUT) --seq 256 --batch 1 --runtime torch onnx --repeats 20 \
+		--json $(MOVEMENT)/minilm-bench.jsonl --plot $(MOVEMENT)/minilm-bench.png
+	cp $(QA_OUT)/blockserve.json $(MOVEMENT)/minilm-manifest.json
+	cp $(QA_OUT)/history.jsonl $(MOVEMENT)/minilm-history.jsonl
+	cp $(QA_OUT)/training.png $(MOVEMENT)/minilm-training.png
+
+BART := artifacts/bart-small
+BART_TASK := --max-source-tokens 256 --max-target-tokens 64 --num-beams 2
+movement-bart: $(STAMP)
+	mkdir -p $(MOVEMENT)
+	$(BIN)/blockserve init --arch bart-small --corpus $(CNNDM)/cnndm_test.jsonl $(CNNDM)/cnndm_sample.jsonl \
+		--out $(BART)-random
+	$(BIN)/blockserve finetune --model $(BART)-random --train $(CNNDM)/cnndm_test.jsonl \
+		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-dense --epochs 10 --batch-size 8 \
+		--lr 5e-4 $(BART_TASK)
+	$(BIN)/blockserve prune --teacher $(BART)-dense --train $(CNNDM)/cnndm_test.jsonl \
+		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-pruned --block 32x32 --hybrid \
+		--target-density 0.3 --epochs 8 --batch-size 8 --lr 3e-4 --fill-epochs 2 $(BART_TASK)
+	$(BIN)/blockserve bench --model $(BART)-pruned --seq 256 --batch 1 --new-tokens 32 --repeats 10 \
+		--json $(MOVEMENT)/bart-small-bench.jsonl --plot $(MOVEMENT)/bart-small-bench.png
+	cp $(BART)-pruned/blockserve.json $(MOVEMENT)/bart-small-manifest.json
+	cp $(BART)-pruned/history.jsonl $(MOVEMENT)/bart-small-history.jsonl
+	cp $(BART)-pruned/training.png $(MOVEMENT)/bart-small-training.png
+	cp $(BART)-dense/training.json $(MOVEMENT)/bart-small-teacher.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check pruning service loadtests tests

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from pruning.accounting import count_parameters, encoder_flops, flops_ratio
+from pruning.checkpoint import check_device
 from pruning.compact import compact_model
-from pruning.errors import BlockserveError
 from pruning.export import EXPORTABLE_TASKS, QA_INPUTS, export_qa_onnx, onnx_session
 from pruning.plan import PruningPlan
 from pruning.structure import Workload, geometry_of, task_of
@@ -149,8 +149,7 @@ def _summarization_cases(dense, compact, plan, settings, batch, seq, generator) 
 
 def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: BenchSettings) -> list[BenchRow]:
     """Time `dense` against its compaction to `plan` over the settings' grid."""
-    if settings.device == "cuda" and not torch.cuda.is_available():
-        raise BlockserveError("--device cuda asked for, but torch sees no CUDA device on this machine")
+    check_device(settings.device)
     threads = settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     task = task_of(dense)

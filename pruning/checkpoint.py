@@ -29,7 +29,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrained
 
 from pruning.accounting import count_parameters, flops_ratio, removed_parameters
 from pruning.compact import compact_model
-from pruning.errors import CheckpointError, PlanError
+from pruning.errors import BlockserveError, CheckpointError, PlanError
 from pruning.plan import PruningPlan, describe_validation_error
 from pruning.structure import Workload, geometry_of, spec_for_config, task_of
 
@@ -290,6 +290,12 @@ def _load_dense(
     return model
 
 
+def check_device(device: str) -> None:
+    """A clear error instead of torch's traceback when CUDA is asked for and absent."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise BlockserveError(f"--device {device} asked for, but torch sees no CUDA device on this machine")
+
+
 def load_checkpoint(
     path_or_id: str | Path,
     *,
@@ -304,6 +310,7 @@ def load_checkpoint(
     pretrained `BertForMaskedLM` to fine-tune for question answering); `allow_new_head` lets that
     head start from fresh weights. Every other missing or mis-shaped tensor is an error.
     """
+    check_device(device)
     directory = resolve_directory(path_or_id)
     config = read_config(directory)
     manifest = read_manifest(directory)

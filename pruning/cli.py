@@ -54,6 +54,14 @@ def _non_negative_float(value: str) -> float:
     return _positive_float(value)
 
 
+def _block(value: str) -> str:
+    import re
+
+    if value != "head" and not re.fullmatch(r"[1-9]\d*x[1-9]\d*", value):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a block shape: use ROWSxCOLS (e.g. 32x32) or 'head'")
+    return value
+
+
 def _positive_int(value: str) -> int:
     try:
         number = int(value)
@@ -121,6 +129,13 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({summary['steps']} steps, {summary['train_seconds']:.0f} s)")
     if "evaluation" in summary:
         _write_json(summary["evaluation"], None)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    from pruning.local_init import init_checkpoint
+
+    init_checkpoint(args.arch, args.corpus, Path(args.out), vocab_size=args.vocab_size, seed=args.seed)
+    print(f"wrote {args.out}: random {args.arch} weights, tokenizer trained on {len(args.corpus)} file(s)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -307,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
 
+    init = commands.add_parser(
+        "init", help="write a random preset model with a tokenizer trained on local data (offline stand-in)"
+    )
+    init.add_argument("--arch", choices=sorted(PRESETS), required=True, help="architecture preset")
+    init.add_argument("--corpus", type=_existing_file, nargs="+", required=True, help="data files in the task format")
+    init.add_argument("--vocab-size", type=_positive_int, default=8000)
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", required=True, help="output directory")
+    init.set_defaults(run=cmd_init)
+
     plan = commands.add_parser("plan", help="write a uniform (synthetic) pruning plan for a model or preset")
     source = plan.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=_existing_dir, help="dense checkpoint directory or hub id")
@@ -411,7 +436,7 @@ def _add_prune(commands) -> None:
     prune.add_argument("--workdir", help="resumable state, history (default: OUT.work next to OUT)")
     masks = prune.add_argument_group("masks")
     masks.add_argument(
-        "--block", default="32x32", help="'RxC' blocks (R along the head axis) or 'head' (default 32x32)"
+        "--block", type=_block, default="32x32", help="'RxC' blocks (R along the head axis) or 'head' (default 32x32)"
     )
     masks.add_argument(
         "--hybrid",

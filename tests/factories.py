@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     BartConfig,
     BartForConditionalGeneration,
@@ -14,6 +13,8 @@ from transformers import (
     BertForQuestionAnswering,
     PreTrainedTokenizerFast,
 )
+
+from pruning import local_init
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -38,27 +39,7 @@ def _training_text() -> list[str]:
 
 def train_wordpiece_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     """A BERT-style WordPiece tokenizer trained locally by the `tokenizers` library."""
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tokenizer.train_from_iterator(
-        _training_text(), trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
-    )
-    cls_id, sep_id = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        unk_token="[UNK]",
-        pad_token="[PAD]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-    )
+    return local_init.wordpiece_tokenizer(_training_text(), vocab_size)
 
 
 def _summarization_text() -> list[str]:
@@ -70,28 +51,8 @@ def _summarization_text() -> list[str]:
 
 
 def train_bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    """A BART-style byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2 as BART's config expects), trained here."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tokenizer.decoder = decoders.ByteLevel()
-    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    tokenizer.train_from_iterator(
-        _summarization_text(),
-        trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-        ),
-    )
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>", special_tokens=[("<s>", 0), ("</s>", 2)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-    )
+    """A BART-style byte-level BPE tokenizer trained locally."""
+    return local_init.train_bpe_tokenizer(_summarization_text(), vocab_size)
 
 
 def tiny_bert(vocab_size: int = 300, layers: int = 3, seed: int = 0) -> BertForQuestionAnswering:

@@ -43,7 +43,7 @@ def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
         raise DataError(f"{path} does not exist")
     try:
         articles = json.loads(path.read_text())["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
         raise DataError(f"{path} is not SQuAD-format JSON ({{'data': [articles...]}}): {error}") from None
     examples = []
     try:
@@ -66,6 +66,8 @@ def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
                         return examples
     except (KeyError, TypeError) as error:
         raise DataError(f"{path}: missing SQuAD field {error}") from None
+    except ValueError as error:  # answer_start that is not a number
+        raise DataError(f"{path}: bad SQuAD value: {error}") from None
     if not examples:
         raise DataError(f"{path} has no questions")
     return examples

@@ -39,8 +39,15 @@ def read_jsonl(path: Path, limit: int | None = None) -> list[SummaryExample]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path} does not exist")
+    try:
+        return _read_rows(path, limit)
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is not UTF-8 text: {error}") from None
+
+
+def _read_rows(path: Path, limit: int | None) -> list[SummaryExample]:
     examples = []
-    with path.open() as lines:
+    with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

@@ -115,3 +115,52 @@ def test_cuda_without_a_gpu_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     code, _, err = _run(capsys, "bench", "--arch", "bert-tiny", "--device", "cuda", "--repeats", "1")
     assert code == 2 and "torch sees no CUDA device" in err
+
+
+def test_prune_and_evaluate_usage_errors(capsys, dense_bert_dir, tmp_path):
+    data = tmp_path / "data.json"
+    data.write_text("{}")
+    common = ["--teacher", str(dense_bert_dir), "--train", str(data), "--eval", str(data), "--out", str(tmp_path / "o")]
+    assert "is not a block shape" in _usage_error(capsys, "prune", *common, "--block", "32 by 32")
+    assert "not a fraction" in _usage_error(capsys, "prune", *common, "--target-density", "25")
+    assert "required" in _usage_error(capsys, "prune", "--teacher", str(dense_bert_dir))
+    assert "does not exist" in _usage_error(capsys, "evaluate", "--model", str(dense_bert_dir), "--data", "nope.json")
+
+
+def test_wrong_data_format_is_a_one_line_error(capsys, dense_bert_dir, tmp_path):
+    data = tmp_path / "articles.jsonl"
+    data.write_text('{"article": "a", "highlights": "b"}\n')
+    code, _, err = _run(capsys, "evaluate", "--model", str(dense_bert_dir), "--data", str(data))
+    assert code == 2 and "is not SQuAD-format JSON" in err and "Traceback" not in err
+    code, _, err = _run(capsys, "evaluate", "--model", str(dense_bert_dir), "--data", str(data), "--num-beams", "2")
+    assert code == 2 and "question-answering has no setting num_beams" in err
+
+
+def test_training_on_cuda_without_a_gpu_is_a_clear_error(capsys, monkeypatch, dense_bert_dir, tmp_path):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    data = tmp_path / "d.json"
+    data.write_text("{}")
+    code, _, err = _run(
+        capsys, "finetune", "--model", str(dense_bert_dir), "--train", str(data), "--out", str(tmp_path / "o"),
+        "--device", "cuda",
+    )  # fmt: skip
+    assert code == 2 and "torch sees no CUDA device" in err
+
+
+def test_init_writes_a_random_model_with_a_trained_tokenizer(capsys, tmp_path):
+    corpus = tmp_path / "news.jsonl"
+    rows = [{"article": f"Story {i}: the city council met on Monday to vote.", "highlights": "Council votes."}
+            for i in range(20)]  # fmt: skip
+    corpus.write_text("\n".join(json.dumps(row) for row in rows))
+    code, out, _ = _run(capsys, "init", "--arch", "bart-tiny", "--corpus", str(corpus), "--vocab-size", "300",
+                        "--out", str(tmp_path / "m"))  # fmt: skip
+    assert code == 0 and "random bart-tiny" in out
+    from pruning.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(tmp_path / "m")
+    tokenizer = checkpoint.tokenizer()
+    assert checkpoint.model.config.vocab_size == len(tokenizer) <= 300
+    assert (
+        tokenizer.decode(tokenizer("the city council").input_ids, skip_special_tokens=True).strip()
+        == "the city council"
+    )
