@@ -142,7 +142,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pruning.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(
-        args.model, args.data, limit=args.limit, task_settings=_task_settings(args), device=args.device
+        args.model,
+        args.data,
+        limit=args.limit,
+        task_settings=_task_settings(args),
+        device=args.device,
+        predictions=args.predictions,
     )
     _write_json(result, args.json)
 
@@ -318,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", type=_existing_file, required=True, help="SQuAD JSON (QA) or JSONL (summarization)")
     evaluate.add_argument("--limit", type=_positive_int, help="score only the first N examples")
     evaluate.add_argument("--json", help="write the result to PATH ('-' for stdout)")
+    evaluate.add_argument(
+        "--predictions", help="write predictions to PATH (QA: SQuAD {id: answer} JSON; summarization: JSONL)"
+    )
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     _add_task_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)

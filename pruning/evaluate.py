@@ -33,13 +33,21 @@ def evaluate_model(
     *,
     label: str,
     progress: bool = True,
+    predictions_path: Path | None = None,
 ) -> dict[str, Any]:
-    """`{"task", "model", <metrics>, "n", "seconds"}` for a loaded model on loaded examples."""
+    """`{"task", "model", <metrics>, "n", "seconds"}` for a loaded model on loaded examples.
+
+    With `predictions_path`, the predictions are also written there in the task's format.
+    """
     started = time.perf_counter()
     was_training = model.training
     with torch.inference_mode():
-        metrics = task.evaluate(model, tokenizer, examples, progress=progress)
+        predictions = task.predict(model, tokenizer, examples, progress=progress)
     model.train(was_training)
+    metrics = task.score(predictions, examples)
+    if predictions_path is not None:
+        predictions_path.parent.mkdir(parents=True, exist_ok=True)
+        task.write_predictions(predictions, predictions_path)
     seconds = time.perf_counter() - started
     result = {"task": task.name, "model": label, **metrics, "seconds": round(seconds, 2)}
     log.info("%s on %d examples: %s", label, metrics["n"], {k: round(v, 2) for k, v in metrics.items() if k != "n"})
@@ -53,11 +61,19 @@ def evaluate_checkpoint(
     limit: int | None = None,
     task_settings: dict[str, Any] | None = None,
     device: str = "cpu",
+    predictions: str | Path | None = None,
 ) -> dict[str, Any]:
     """Load `model`, read `data` in its task's format, and score it; the result also names the data file."""
     checkpoint = load_checkpoint(model, device=device)
     task = make_task(task_of(checkpoint.model), **(task_settings or {}))
     examples = task.load(Path(data), limit)
     log.info("evaluating %s on %d examples of %s", model, len(examples), data)
-    result = evaluate_model(checkpoint.model, checkpoint_tokenizer(checkpoint), task, examples, label=str(model))
+    result = evaluate_model(
+        checkpoint.model,
+        checkpoint_tokenizer(checkpoint),
+        task,
+        examples,
+        label=str(model),
+        predictions_path=Path(predictions) if predictions else None,
+    )
     return {**result, "data": str(data)}

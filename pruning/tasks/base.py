@@ -32,10 +32,21 @@ class Task(Protocol):
     def distillation_logits(self, outputs: ModelOutput, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits whose last dim is a distribution, mask of the positions that count or None)."""
 
+    def predict(
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Any], progress: bool = True
+    ) -> dict[str, str]:
+        """The model's output text (answer span, summary) for each example id."""
+
+    def score(self, predictions: dict[str, str], examples: list[Any]) -> dict[str, float]:
+        """Metrics of `predictions` against the examples' references in percent, plus `n`."""
+
     def evaluate(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Any], progress: bool = True
     ) -> dict[str, float]:
-        """Metrics on `examples` in percent, plus `n` (the number of examples scored)."""
+        """`score(predict(...))`: metrics on `examples` in percent, plus `n` (the number of examples scored)."""
+
+    def write_predictions(self, predictions: dict[str, str], path: Path) -> None:
+        """Predictions in the task's own file format (QA: SQuAD's {id: answer} JSON; summaries: JSONL)."""
 
 
 def distillation_loss(

@@ -188,6 +188,10 @@ class QuestionAnsweringTask:
                     best_score, best_text = score, context[offsets[start][0] : offsets[end][1]]
         return best_score, best_text
 
+    def score(self, predictions: dict[str, str], examples: list[QAExample]) -> dict[str, float]:
+        golds = {example.id: list(example.answer_texts) for example in examples}
+        return {**squad_scores(predictions, golds), "n": len(examples)}
+
     def evaluate(
         self,
         model: PreTrainedModel,
@@ -195,6 +199,8 @@ class QuestionAnsweringTask:
         examples: list[QAExample],
         progress: bool = True,
     ) -> dict[str, float]:
-        predictions = self.predict(model, tokenizer, examples, progress)
-        golds = {example.id: list(example.answer_texts) for example in examples}
-        return {**squad_scores(predictions, golds), "n": len(examples)}
+        return self.score(self.predict(model, tokenizer, examples, progress), examples)
+
+    def write_predictions(self, predictions: dict[str, str], path: Path) -> None:
+        # The official SQuAD v1.1 evaluation script reads exactly this: {question id: answer text}.
+        Path(path).write_text(json.dumps(predictions, indent=1, ensure_ascii=False))

@@ -160,6 +160,20 @@ class SummarizationTask:
             summaries.extend(text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True))
         return summaries
 
+    def predict(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        examples: list[SummaryExample],
+        progress: bool = True,
+    ) -> dict[str, str]:
+        summaries = self.generate(model, tokenizer, [e.article for e in examples], progress)
+        return {example.id: summary for example, summary in zip(examples, summaries, strict=True)}
+
+    def score(self, predictions: dict[str, str], examples: list[SummaryExample]) -> dict[str, float]:
+        generated = [predictions.get(example.id, "") for example in examples]
+        return {**rouge_scores(generated, [e.summary for e in examples]), "n": len(examples)}
+
     def evaluate(
         self,
         model: PreTrainedModel,
@@ -167,5 +181,8 @@ class SummarizationTask:
         examples: list[SummaryExample],
         progress: bool = True,
     ) -> dict[str, float]:
-        predictions = self.generate(model, tokenizer, [e.article for e in examples], progress)
-        return {**rouge_scores(predictions, [e.summary for e in examples]), "n": len(examples)}
+        return self.score(self.predict(model, tokenizer, examples, progress), examples)
+
+    def write_predictions(self, predictions: dict[str, str], path: Path) -> None:
+        lines = (json.dumps({"id": key, "summary": text}, ensure_ascii=False) for key, text in predictions.items())
+        Path(path).write_text("\n".join(lines) + "\n")

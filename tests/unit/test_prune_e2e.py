@@ -110,9 +110,11 @@ def test_prune_cli_writes_compact_checkpoint_with_method_and_evaluation(dense_be
     assert stages == {"prune", "fill"}
     # The result loads and evaluates like any checkpoint.
     assert main(["evaluate", "--model", str(out), "--data", str(squad_file), "--max-length", "48", "--stride", "16",
-                 "--json", str(tmp_path / "eval.json")]) == 0  # fmt: skip
+                 "--json", str(tmp_path / "eval.json"), "--predictions", str(tmp_path / "pred.json")]) == 0  # fmt: skip
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["task"] == "question-answering" and result["n"] == 20 and 0.0 <= result["f1"] <= 100.0
+    predictions = json.loads((tmp_path / "pred.json").read_text())
+    assert len(predictions) == 20 and all(isinstance(text, str) for text in predictions.values())
 
 
 def test_tiny_bart_prunes_heads_of_all_three_attention_kinds(summarizer_dir, summaries_file, tmp_path):
@@ -131,6 +133,16 @@ def test_tiny_bart_prunes_heads_of_all_three_attention_kinds(summarizer_dir, sum
         kept = sum(len(layer.heads[block]) for layer in plan.stacks[stack].layers)
         assert kept < 8, f"{stack} {block} kept all heads"
     assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(manifest.evaluation["filled"])
+    from pruning.evaluate import evaluate_checkpoint
+
+    settings = {"max_source_tokens": 96, "max_target_tokens": 6, "num_beams": 1}
+    predictions = tmp_path / "summaries.jsonl"
+    result = evaluate_checkpoint(
+        tmp_path / "bart", summaries_file, limit=3, task_settings=settings, predictions=predictions
+    )
+    assert result["n"] == 3 and result["task"] == "summarization"
+    rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["0", "1", "2"] and all(isinstance(row["summary"], str) for row in rows)
     reloaded = load_checkpoint(tmp_path / "bart")
     ids = torch.tensor([[0, 50, 60, 70, 2]])
     generated = reloaded.model.generate(input_ids=ids, max_new_tokens=5, num_beams=1)
