@@ -30,7 +30,7 @@ from pruning.errors import PlanError
 from pruning.masks import MaskedLinear
 from pruning.plan import LayerPlan, PruningPlan, StackPlan
 from pruning.schedules import CubicSchedule
-from pruning.structure import geometry_of, iter_layers
+from pruning.structure import StackSpec, geometry_of, iter_layers
 
 
 class MovementSettings(BaseModel):
@@ -130,45 +130,46 @@ class MovementPruner:
             self.groups[name] = MaskGroup(name, weight)
         return self.groups[name]
 
-    def _mask(self, layer: nn.Module, path: str, group: MaskGroup, block: tuple[int, int], tied_to=None):
-        try:
-            masked = MaskedLinear(
-                layer.get_submodule(path), *block, tied_to=tied_to, initial_score=self.settings.initial_score
-            )
-        except ValueError as error:
-            raise PlanError(f"{self._where} {path}: {error}") from None
-        _replace(layer, path, masked)
-        self._paths[path] = masked
-        if tied_to is None:
-            group.owners.append(masked)
-        group.members.append(masked)
-        return masked
-
     def _attach(self) -> None:
-        hidden = self.geometry.hidden_size
         for stack, index, layer in iter_layers(self.model):
-            head_dim = self.geometry.stack(stack.name).head_dim
-            rows, cols = self._block(hidden, head_dim)
-            self._paths: dict[str, MaskedLinear] = {}
-            self._where = f"{stack.name} layer {index}"
-            attention_group = self._group(stack.name, "attention")
-            attention = {}
-            for block in stack.attention:
-                attention[block.name] = {
-                    role: self._mask(layer, getattr(block, role), attention_group, (rows, cols))
-                    for role in ("query", "key", "value")
-                }
-                # Output projections hold heads in columns: the block turns so R lies along heads.
-                attention[block.name]["output"] = self._mask(layer, block.output, attention_group, (cols, rows))
-            ffn_group = self._group(stack.name, "ffn")
-            if self.settings.hybrid:
-                up = self._mask(layer, stack.ffn.up, ffn_group, (1, hidden))
-                down = self._mask(layer, stack.ffn.down, ffn_group, (hidden, 1), tied_to=up)
-            else:
-                up_block = (rows, cols) if self.settings.block != "head" else (1, hidden)
-                up = self._mask(layer, stack.ffn.up, ffn_group, up_block)
-                down = self._mask(layer, stack.ffn.down, ffn_group, up_block[::-1])
-            self.layers.append(_LayerMasks(stack.name, index, attention, up, down, layer, self._paths))
+            self.layers.append(self._attach_layer(stack, index, layer))
+
+    def _attach_layer(self, stack: StackSpec, index: int, layer: nn.Module) -> _LayerMasks:
+        hidden = self.geometry.hidden_size
+        rows, cols = self._block(hidden, self.geometry.stack(stack.name).head_dim)
+        paths: dict[str, MaskedLinear] = {}
+
+        def mask(path: str, group: MaskGroup, block: tuple[int, int], tied_to: MaskedLinear | None = None):
+            try:
+                masked = MaskedLinear(
+                    layer.get_submodule(path), *block, tied_to=tied_to, initial_score=self.settings.initial_score
+                )
+            except ValueError as error:
+                raise PlanError(f"{stack.name} layer {index} {path}: {error}") from None
+            _replace(layer, path, masked)
+            paths[path] = masked
+            if tied_to is None:
+                group.owners.append(masked)
+            group.members.append(masked)
+            return masked
+
+        attention_group = self._group(stack.name, "attention")
+        attention = {}
+        for block in stack.attention:
+            attention[block.name] = {
+                role: mask(getattr(block, role), attention_group, (rows, cols)) for role in ("query", "key", "value")
+            }
+            # Output projections hold heads in columns: the block turns so R lies along heads.
+            attention[block.name]["output"] = mask(block.output, attention_group, (cols, rows))
+        ffn_group = self._group(stack.name, "ffn")
+        if self.settings.hybrid:
+            up = mask(stack.ffn.up, ffn_group, (1, hidden))
+            down = mask(stack.ffn.down, ffn_group, (hidden, 1), tied_to=up)
+        else:
+            up_block = (rows, cols) if self.settings.block != "head" else (1, hidden)
+            up = mask(stack.ffn.up, ffn_group, up_block)
+            down = mask(stack.ffn.down, ffn_group, up_block[::-1])
+        return _LayerMasks(stack.name, index, attention, up, down, layer, paths)
 
     @classmethod
     def attach(cls, model: PreTrainedModel, settings: MovementSettings, total_steps: int) -> MovementPruner:

@@ -147,3 +147,29 @@ def test_tiny_bart_prunes_heads_of_all_three_attention_kinds(summarizer_dir, sum
     ids = torch.tensor([[0, 50, 60, 70, 2]])
     generated = reloaded.model.generate(input_ids=ids, max_new_tokens=5, num_beams=1)
     assert generated.shape[1] >= 2
+
+
+def test_resume_after_the_pruning_stage_skips_it(dense_bert_dir, squad_file, tmp_path, monkeypatch):
+    import pruning.prune as prune_module
+    from pruning.prune import MovementRecipe, prune_movement
+
+    recipe = MovementRecipe(
+        movement=MovementSettings(block="head", target_density=0.5, warmup_fraction=0.0),
+        train=TrainSettings(max_steps=4, batch_size=4, learning_rate=1e-3),
+        fill=TrainSettings(max_steps=2, batch_size=4, learning_rate=1e-3),
+        task_settings={"max_length": 48, "stride": 16},
+        eval_limit=4,
+        evaluate_teacher=False,
+    )
+    first = prune_movement(dense_bert_dir, squad_file, squad_file, tmp_path / "a", recipe)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("the pruning stage ran again")
+
+    monkeypatch.setattr(prune_module, "_prune_stage", must_not_run)
+    again = prune_movement(dense_bert_dir, squad_file, squad_file, tmp_path / "a", recipe, resume=True)
+    assert again.plan == first.plan
+    assert again.method["prune_steps"] == 4 and again.evaluation["pruned"] == first.evaluation["pruned"]
+    # Without --resume, the work directory starts over (and so the pruning stage runs).
+    with pytest.raises(AssertionError, match="ran again"):
+        prune_movement(dense_bert_dir, squad_file, squad_file, tmp_path / "a", recipe)
