@@ -16,6 +16,7 @@ masks into plain linear layers, ready for `compact.compact_model`.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ from pruning.masks import MaskedLinear
 from pruning.plan import LayerPlan, PruningPlan, StackPlan
 from pruning.schedules import CubicSchedule
 from pruning.structure import StackSpec, geometry_of, iter_layers
+
+log = logging.getLogger(__name__)
 
 
 class MovementSettings(BaseModel):
@@ -109,6 +112,11 @@ class MovementPruner:
             self.schedule = CubicSchedule(
                 settings.initial_threshold, settings.final_threshold, total_steps, warmup, hold
             )
+            if not (settings.lambda_attention or settings.lambda_ffn or settings.lambda_decoder):
+                log.warning(
+                    "threshold mode with every λ at 0: nothing pushes scores down, so little will be pruned; "
+                    "set --lambda-attention/--lambda-ffn (or use --mask topk for a fixed density)"
+                )
         self.lambda_schedule = CubicSchedule(0.0, 1.0, total_steps, warmup, hold)  # × each group's λ
         self.groups: dict[str, MaskGroup] = {}
         self.layers: list[_LayerMasks] = []
