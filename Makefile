@@ -65,11 +65,12 @@ BART := artifacts/bart-small
 BART_TASK := --max-source-tokens 256 --max-target-tokens 64 --num-beams 2
 movement-bart: $(STAMP)
 	mkdir -p $(MOVEMENT)
+	rm -rf $(BART)-dense.work $(BART)-pruned.work
 	$(BIN)/blockserve init --arch bart-small --corpus $(CNNDM)/cnndm_test.jsonl $(CNNDM)/cnndm_sample.jsonl \
 		--out $(BART)-random
 	$(BIN)/blockserve finetune --model $(BART)-random --train $(CNNDM)/cnndm_test.jsonl \
-		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-dense --epochs 10 --batch-size 8 \
-		--lr 5e-4 $(BART_TASK)
+		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-dense --epochs 40 --batch-size 8 \
+		--lr 1e-3 $(BART_TASK)
 	$(BIN)/blockserve prune --teacher $(BART)-dense --train $(CNNDM)/cnndm_test.jsonl \
 		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-pruned --block 32x32 --hybrid \
 		--target-density 0.3 --epochs 8 --batch-size 8 --lr 3e-4 --fill-epochs 2 $(BART_TASK)

@@ -75,7 +75,7 @@ def _positive_int(value: str) -> int:
 # ---- commands -------------------------------------------------------------------------------------
 def _task_settings(args: argparse.Namespace) -> dict:
     """Task options the user gave (the others keep each task's defaults)."""
-    names = ("max_length", "stride", "max_source_tokens", "max_target_tokens", "num_beams")
+    names = ("max_length", "stride", "max_source_tokens", "max_target_tokens", "num_beams", "no_repeat_ngram_size")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -395,6 +395,9 @@ def _add_task_options(parser: argparse.ArgumentParser) -> None:
         "--max-target-tokens", type=_positive_int, help="summarization: summary tokens (train, generate)"
     )
     group.add_argument("--num-beams", type=_positive_int, help="summarization: beam width at evaluation")
+    group.add_argument(
+        "--no-repeat-ngram-size", type=int, help="summarization: never repeat an n-gram (default 3; 0 = off)"
+    )
 
 
 def _add_training_options(parser: argparse.ArgumentParser, *, lr: float, epochs: float) -> None:

@@ -100,11 +100,14 @@ class SummarizationTask:
         max_source_tokens: int = 512,
         max_target_tokens: int = 128,
         num_beams: int = 4,
+        no_repeat_ngram_size: int = 3,
         eval_batch_size: int = 8,
     ) -> None:
         self.max_source_tokens = max_source_tokens
         self.max_target_tokens = max_target_tokens
         self.num_beams = num_beams
+        # 3 is the usual CNN/DM decoding setting: no trigram twice in one summary.
+        self.no_repeat_ngram_size = no_repeat_ngram_size
         self.eval_batch_size = eval_batch_size
 
     def load(self, path: Path, limit: int | None = None) -> list[SummaryExample]:
@@ -156,6 +159,7 @@ class SummarizationTask:
                 **{k: v.to(device) for k, v in inputs.items() if k in ("input_ids", "attention_mask")},
                 num_beams=self.num_beams,
                 max_new_tokens=self.max_target_tokens,
+                no_repeat_ngram_size=self.no_repeat_ngram_size,
             )
             summaries.extend(text.strip() for text in tokenizer.batch_decode(output, skip_special_tokens=True))
         return summaries

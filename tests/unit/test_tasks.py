@@ -862,3 +862,20 @@ def test_make_task_rejects_a_setting_the_task_does_not_have():
 def test_make_task_passes_invalid_values_to_the_task_checks():
     with pytest.raises(DataError, match="stride"):
         make_task("question-answering", max_length=128, stride=200)
+
+
+def test_generation_never_repeats_an_ngram_of_the_configured_size(bpe_tokenizer):
+    from tests.factories import tiny_bart
+
+    model = tiny_bart(vocab_size=len(bpe_tokenizer), max_positions=160)
+    articles = ["The council met on Monday and voted to build a new bridge over the river."]
+    for size in (1, 2):
+        task = SummarizationTask(max_source_tokens=64, max_target_tokens=20, num_beams=2, no_repeat_ngram_size=size)
+        generated = model.generate(
+            **bpe_tokenizer(articles, return_tensors="pt"), num_beams=2, max_new_tokens=20, no_repeat_ngram_size=size
+        )
+        summary = task.generate(model, bpe_tokenizer, articles, progress=False)[0]
+        assert summary == bpe_tokenizer.decode(generated[0], skip_special_tokens=True).strip()
+        ids = [i for i in generated[0].tolist() if i not in bpe_tokenizer.all_special_ids]
+        ngrams = [tuple(ids[i : i + size]) for i in range(len(ids) - size + 1)]
+        assert len(ngrams) == len(set(ngrams)), summary
