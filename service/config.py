@@ -1,0 +1,115 @@
+"""The service's configuration as one pydantic model, read from a Ray Serve config file.
+
+`deploy/serve.yaml` names `service.app:build_app` as the application and passes this model's fields
+as `args`; a field that is wrong fails the start with a message naming it. Batching knobs live in
+each variant's `batching`, which is sent to replicas as `user_config`, so they change without a
+restart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+TASK_ROUTES = {"qa": "question-answering", "summarize": "summarization"}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchingConfig(Strict):
+    """Dynamic batching of one deployment (sent as `user_config`: changes apply without restarts)."""
+
+    max_batch_size: int = Field(8, ge=1, le=256, description="requests (QA: windows) per model call")
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="how long a batch waits to fill")
+    max_batch_tokens: int = Field(
+        4096, ge=16, description="token budget per batch, so one long input does not pad a whole batch"
+    )
+
+
+class GenerationConfig(Strict):
+    """Decoding defaults for summarization; a request may lower the limits, never raise them."""
+
+    num_beams: int = Field(4, ge=1, le=16)
+    max_new_tokens: int = Field(128, ge=1, le=1024)
+    min_new_tokens: int = Field(0, ge=0)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(3, ge=0)
+
+    @model_validator(mode="after")
+    def _lengths(self) -> GenerationConfig:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"min_new_tokens ({self.min_new_tokens}) exceeds max_new_tokens ({self.max_new_tokens})")
+        return self
+
+
+class LimitsConfig(Strict):
+    """Input limits: requests over them get 413 with the count and the limit."""
+
+    max_input_tokens: int = Field(4096, ge=8, description="QA: context tokens; summarization: article tokens")
+    max_question_tokens: int = Field(64, ge=4, description="QA only")
+    window_tokens: int = Field(384, ge=32, description="QA: tokens per doc-stride window")
+    window_stride: int = Field(128, ge=0, description="QA: overlap between windows")
+    max_answer_tokens: int = Field(30, ge=1, description="QA: longest answer span")
+    request_timeout_s: float = Field(30.0, gt=0.0, description="deadline per request (504 after it)")
+
+    @model_validator(mode="after")
+    def _windows(self) -> LimitsConfig:
+        if self.window_stride >= self.window_tokens:
+            raise ValueError(f"window_stride ({self.window_stride}) must be smaller than window_tokens")
+        if self.max_question_tokens + 8 >= self.window_tokens:
+            raise ValueError("max_question_tokens leaves no room for context in a window")
+        return self
+
+
+class VariantConfig(Strict):
+    """One model variant of a task (e.g. `dense`, `pruned`): one Ray Serve deployment."""
+
+    checkpoint: str = Field(description="dense or compact checkpoint directory, or hub id")
+    runtime: Literal["torch", "onnx"] = "torch"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="auto: float16 on CUDA, float32 on CPU"
+    )
+    replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, gt=0.0)
+    num_gpus: float = Field(0.0, ge=0.0, description="per replica; fractions share a GPU")
+    max_queued_requests: int = Field(64, ge=1, description="beyond this, 503 with Retry-After")
+    batching: BatchingConfig = BatchingConfig()
+
+    @property
+    def max_ongoing_requests(self) -> int:
+        # Ray Serve's default of 5 would silently cap batches: let a full batch gather while one runs.
+        return 2 * self.batching.max_batch_size
+
+
+class TaskConfig(Strict):
+    default_variant: str
+    variants: dict[str, VariantConfig] = Field(min_length=1)
+    limits: LimitsConfig = LimitsConfig()
+    generation: GenerationConfig = GenerationConfig()
+
+    @model_validator(mode="after")
+    def _default_exists(self) -> TaskConfig:
+        if self.default_variant not in self.variants:
+            raise ValueError(f"default_variant {self.default_variant!r} is not one of {sorted(self.variants)}")
+        return self
+
+
+class AppConfig(Strict):
+    """The whole application: which tasks are served, by which variants."""
+
+    qa: TaskConfig | None = None
+    summarize: TaskConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_task(self) -> AppConfig:
+        if self.qa is None and self.summarize is None:
+            raise ValueError("configure at least one of 'qa' and 'summarize'")
+        return self
+
+    def tasks(self) -> dict[str, TaskConfig]:
+        """Route name (`qa`, `summarize`) → its config, for the tasks that are configured."""
+        return {name: config for name in TASK_ROUTES if (config := getattr(self, name)) is not None}

@@ -1,0 +1,54 @@
+import pytest
+from pydantic import ValidationError
+
+from service.config import AppConfig
+
+
+def _config(**overrides):
+    data = {
+        "qa": {
+            "default_variant": "pruned",
+            "variants": {"dense": {"checkpoint": "models/qa"}, "pruned": {"checkpoint": "models/qa-pruned"}},
+        }
+    }
+    data["qa"].update(overrides)
+    return data
+
+
+def test_minimal_config_fills_defaults():
+    config = AppConfig.model_validate(_config())
+    assert list(config.tasks()) == ["qa"]
+    pruned = config.qa.variants["pruned"]
+    assert pruned.runtime == "torch" and pruned.device == "auto" and pruned.replicas == 1
+    # Batches must be able to fill: Ray Serve's default max_ongoing_requests (5) would cap them.
+    assert pruned.max_ongoing_requests >= pruned.batching.max_batch_size
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"default_variant": "fast"}, "default_variant 'fast' is not one of ['dense', 'pruned']"),
+        ({"limits": {"window_tokens": 128, "window_stride": 128}}, "window_stride (128) must be smaller"),
+        ({"limits": {"max_input_tokens": 0}}, "qa.limits.max_input_tokens"),
+        ({"variants": {}}, "qa.variants"),
+        ({"generation": {"min_new_tokens": 9, "max_new_tokens": 8}}, "min_new_tokens (9) exceeds"),
+        ({"unknown": 1}, "qa.unknown"),
+    ],
+)
+def test_invalid_config_names_the_field(overrides, message):
+    with pytest.raises(ValidationError) as error:
+        AppConfig.model_validate(_config(**overrides))
+    located = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.value.errors())
+    assert message in located
+
+
+def test_variant_fields_are_checked():
+    data = _config()
+    data["qa"]["variants"]["dense"]["runtime"] = "tensorrt"
+    with pytest.raises(ValidationError, match="runtime"):
+        AppConfig.model_validate(data)
+
+
+def test_at_least_one_task():
+    with pytest.raises(ValidationError, match="at least one"):
+        AppConfig.model_validate({})
