@@ -73,6 +73,38 @@ def read_squad(path: Path, limit: int | None = None) -> list[QAExample]:
     return examples
 
 
+@dataclass(frozen=True)
+class Span:
+    score: float  # start logit + end logit
+    start: int  # character offsets into the context
+    end: int
+
+
+def candidate_spans(
+    start_logits: np.ndarray,
+    end_logits: np.ndarray,
+    offsets: list[tuple[int, int]],
+    in_context: np.ndarray,
+    n_best: int,
+    max_answer_tokens: int,
+) -> list[Span]:
+    """Answer spans of one window, best first: pairs of the `n_best` starts and ends that lie in the
+    context, end ≥ start, at most `max_answer_tokens` long. Logits beyond `len(offsets)` (padding) are ignored.
+    """
+    length = len(offsets)
+    start_logits, end_logits = start_logits[:length], end_logits[:length]
+    starts = np.argsort(start_logits)[::-1][:n_best]
+    ends = np.argsort(end_logits)[::-1][:n_best]
+    spans = [
+        Span(float(start_logits[start] + end_logits[end]), offsets[start][0], offsets[end][1])
+        for start in starts
+        if in_context[start]
+        for end in ends
+        if in_context[end] and start <= end < start + max_answer_tokens
+    ]
+    return sorted(spans, key=lambda span: span.score, reverse=True)
+
+
 class QuestionAnsweringTask:
     name = "question-answering"
     headline_metric = "f1"
@@ -170,23 +202,14 @@ class QuestionAnsweringTask:
         return {example.id: best.get(example.id, (0.0, ""))[1] for example in examples}
 
     def _best_span(self, context: str, start_logits: np.ndarray, end_logits: np.ndarray, encoded, window: int):
-        offsets = encoded["offset_mapping"][window]
+        """(score, text) of the window's best span, (-inf, "") when it has none."""
         in_context = np.array([s == 1 for s in encoded.sequence_ids(window)])
-        length = len(offsets)
-        start_logits, end_logits = start_logits[:length], end_logits[:length]
-        starts = np.argsort(start_logits)[::-1][: self.n_best]
-        ends = np.argsort(end_logits)[::-1][: self.n_best]
-        best_score, best_text = -np.inf, ""
-        for start in starts:
-            if not in_context[start]:
-                continue
-            for end in ends:
-                if not in_context[end] or end < start or end - start + 1 > self.max_answer_tokens:
-                    continue
-                score = float(start_logits[start] + end_logits[end])
-                if score > best_score:
-                    best_score, best_text = score, context[offsets[start][0] : offsets[end][1]]
-        return best_score, best_text
+        spans = candidate_spans(
+            start_logits, end_logits, encoded["offset_mapping"][window], in_context, self.n_best, self.max_answer_tokens
+        )
+        if not spans:
+            return -np.inf, ""
+        return spans[0].score, context[spans[0].start : spans[0].end]
 
     def score(self, predictions: dict[str, str], examples: list[QAExample]) -> dict[str, float]:
         golds = {example.id: list(example.answer_texts) for example in examples}

@@ -1,0 +1,69 @@
+"""Request and response bodies of the HTTP API (pydantic: 422 with the field's name when malformed)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class QARequest(Strict):
+    question: str = Field(min_length=1, description="the question")
+    context: str = Field(min_length=1, description="the text holding the answer")
+    variant: str | None = Field(None, description="model variant (default: the config's default_variant)")
+    top_k: int = Field(1, ge=1, le=20, description="answers to return, best first")
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float = Field(description="start logit + end logit of the span")
+    start: int = Field(description="character offset of the answer in `context`")
+    end: int = Field(description="character offset just past the answer")
+
+
+class Served(BaseModel):
+    """Which model served a request and how long the server spent on it."""
+
+    variant: str
+    model: str = Field(description="checkpoint the variant loaded")
+    latency_ms: float = Field(description="server-side time from request arrival to response")
+
+
+class QAResponse(Served):
+    answer: str
+    score: float
+    start: int
+    end: int
+    answers: list[Answer] = Field(description="top_k answers, best first (the first is the one above)")
+
+
+class SummarizeRequest(Strict):
+    text: str = Field(min_length=1, description="the article to summarise")
+    variant: str | None = None
+    max_new_tokens: int | None = Field(None, ge=1, description="may lower the configured limit, never raise it")
+    num_beams: int | None = Field(None, ge=1, description="may lower the configured beam width, never raise it")
+
+
+class SummarizeResponse(Served):
+    summary: str
+    input_tokens: int
+    output_tokens: int
+
+
+class VariantInfo(BaseModel):
+    task: str
+    variant: str
+    checkpoint: str
+    is_default: bool
+    compact: bool
+    plan: dict[str, dict[str, int]] | None = Field(description="per stack: heads and FFN units kept of total")
+    params: int
+    flops_ratio: float | None
+    device: str
+    runtime: str
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="what is wrong, in words a user can act on")
