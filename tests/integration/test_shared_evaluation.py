@@ -41,3 +41,24 @@ def test_lead_three_baseline_scores_like_published_lead3():
     assert 30 < scores["rouge1"] < 48
     assert 10 < scores["rouge2"] < 22
     assert scores["rougeLsum"] > scores["rougeL"]
+
+
+@pytest.mark.skipif(not (MODEL / "model.safetensors").is_file(), reason="../shared/models/minilm-l6-squad absent")
+def test_service_qa_engine_answers_like_the_evaluator_on_real_squad():
+    from pruning.checkpoint import load_checkpoint
+    from pruning.tasks.qa import QuestionAnsweringTask, read_squad
+    from service.config import LimitsConfig
+    from service.qa_engine import QAEngine, QAInput, torch_forward
+
+    checkpoint = load_checkpoint(MODEL)
+    tokenizer = checkpoint.tokenizer()
+    examples = read_squad(SQUAD_DEV)
+    longest = max(examples, key=lambda e: len(e.context))
+    chosen = examples[:24] + [longest]
+    task = QuestionAnsweringTask(max_length=256, stride=96)
+    expected = task.predict(checkpoint.model, tokenizer, chosen, progress=False)
+    engine = QAEngine(torch_forward(checkpoint.model), tokenizer, LimitsConfig(window_tokens=256, window_stride=96))
+    answers = engine.answer([QAInput(e.question, e.context) for e in chosen])
+    assert len(tokenizer(longest.context)["input_ids"]) > 256  # the long one spans several windows
+    got = {e.id: e.context[spans[0].start : spans[0].end] for e, spans in zip(chosen, answers, strict=True)}
+    assert got == expected

@@ -1,0 +1,42 @@
+import pytest
+
+from pruning.checkpoint import load_checkpoint
+from pruning.tasks.qa import QAExample, QuestionAnsweringTask
+from service.config import LimitsConfig
+from service.qa_engine import InputTooLong, QAEngine, QAInput, torch_forward
+from tests.factories import _CORPUS
+
+LONG_CONTEXT = " ".join(_CORPUS * 3)  # several windows of 48 tokens
+
+
+@pytest.fixture(scope="module")
+def engine_and_task(dense_bert_dir):
+    checkpoint = load_checkpoint(dense_bert_dir)
+    limits = LimitsConfig(window_tokens=48, window_stride=16, max_question_tokens=16, max_input_tokens=400)
+    engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits)
+    task = QuestionAnsweringTask(max_length=48, stride=16)
+    return engine, task, checkpoint
+
+
+def test_answers_equal_the_evaluators_best_span_including_long_contexts(engine_and_task):
+    engine, task, checkpoint = engine_and_task
+    items = [QAInput("Where is Fresno?", _CORPUS[1]), QAInput("What is a prime number?", LONG_CONTEXT, top_k=3)]
+    examples = [QAExample(str(i), item.question, item.context, ("x",), (0,)) for i, item in enumerate(items)]
+    expected = task.predict(checkpoint.model, checkpoint.tokenizer(), examples, progress=False)
+    assert len(engine.tokenizer(items[1].question, items[1].context, truncation="only_second", max_length=48,
+                                stride=16, return_overflowing_tokens=True)["input_ids"]) > 3  # fmt: skip
+    answers = engine.answer(items)
+    for index, (item, spans) in enumerate(zip(items, answers, strict=True)):
+        assert item.context[spans[0].start : spans[0].end] == expected[str(index)]
+        assert len(spans) == item.top_k
+        assert [s.score for s in spans] == sorted((s.score for s in spans), reverse=True)
+        assert len({(s.start, s.end) for s in spans}) == len(spans)
+
+
+def test_limits_are_checked_with_counts(engine_and_task):
+    engine = engine_and_task[0]
+    with pytest.raises(InputTooLong, match=r"question has \d+ tokens; the limit is 16"):
+        engine.count_tokens(QAInput("why " * 30, "short"))
+    with pytest.raises(InputTooLong, match=r"context has \d+ tokens; the limit is 400"):
+        engine.count_tokens(QAInput("why?", LONG_CONTEXT * 3))
+    assert engine.count_tokens(QAInput("why?", _CORPUS[0])) > 5
