@@ -1,0 +1,88 @@
+"""Summarization for the service: batched `generate()` with the configured decoding settings.
+
+A request may lower `max_new_tokens` or `num_beams`, never raise them past the configuration (a
+request that tries gets a clear error rather than a silent clamp). Requests with the same settings
+share one `generate()` call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from service.config import GenerationConfig, LimitsConfig
+from service.qa_engine import InputTooLong
+
+
+class SettingsTooHigh(ValueError):
+    """A request asked for more than the configuration allows (HTTP 422)."""
+
+
+@dataclass(frozen=True)
+class SummaryInput:
+    text: str
+    max_new_tokens: int | None = None
+    num_beams: int | None = None
+
+
+@dataclass(frozen=True)
+class Summary:
+    text: str
+    input_tokens: int
+    output_tokens: int
+
+
+class SummarizeEngine:
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        limits: LimitsConfig,
+        generation: GenerationConfig,
+    ) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.limits, self.generation = limits, generation
+        self.device = next(model.parameters()).device
+
+    def count_tokens(self, item: SummaryInput) -> int:
+        """Article tokens; raises `InputTooLong` over the limit and `SettingsTooHigh` past the config."""
+        for name in ("max_new_tokens", "num_beams"):
+            asked, allowed = getattr(item, name), getattr(self.generation, name)
+            if asked is not None and asked > allowed:
+                raise SettingsTooHigh(f"{name} {asked} is above this service's limit of {allowed}")
+        tokens = len(self.tokenizer(item.text)["input_ids"])
+        if tokens > self.limits.max_input_tokens:
+            raise InputTooLong("text", tokens, self.limits.max_input_tokens)
+        return tokens
+
+    def _settings(self, item: SummaryInput) -> tuple[int, int]:
+        return item.max_new_tokens or self.generation.max_new_tokens, item.num_beams or self.generation.num_beams
+
+    @torch.inference_mode()
+    def summarize(self, items: list[SummaryInput]) -> list[Summary]:
+        results: list[Summary | None] = [None] * len(items)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, item in enumerate(items):
+            groups.setdefault(self._settings(item), []).append(index)
+        for (max_new_tokens, num_beams), indices in groups.items():
+            inputs = self.tokenizer([items[i].text for i in indices], padding=True, return_tensors="pt")
+            output = self.model.generate(
+                input_ids=inputs["input_ids"].to(self.device),
+                attention_mask=inputs["attention_mask"].to(self.device),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min(self.generation.min_new_tokens, max_new_tokens),
+                num_beams=num_beams,
+                length_penalty=self.generation.length_penalty,
+                no_repeat_ngram_size=self.generation.no_repeat_ngram_size,
+            )
+            special = set(self.tokenizer.all_special_ids)
+            for row, index in enumerate(indices):
+                ids = output[row].tolist()
+                results[index] = Summary(
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                    input_tokens=int(inputs["attention_mask"][row].sum()),
+                    output_tokens=sum(1 for token in ids if token not in special),
+                )
+        return results  # type: ignore[return-value]
