@@ -1,0 +1,210 @@
+"""Model deployments: one Ray Serve deployment per (task, variant), with dynamic batching.
+
+Each replica loads its checkpoint through `pruning.load_checkpoint` (dense or compact), warms up, and
+serves `__call__(request) -> Outcome`. Requests queue in `@serve.batch`; a batch closes when it holds
+`max_batch_size` requests, when its padded token count would pass `max_batch_tokens` (so one long
+input does not pad a batch of short ones), or after `batch_wait_timeout_s`. Both knobs arrive in
+`user_config` and change without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray import serve
+
+from pruning.checkpoint import load_checkpoint
+from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
+from service.metrics import BatchObservation
+from service.qa_engine import InputTooLong, QAEngine, QAInput, torch_forward
+from service.summarize_engine import SettingsTooHigh, SummarizeEngine, SummaryInput
+
+log = logging.getLogger(__name__)
+COLLECTOR_NAME = "blockserve-metrics"
+COLLECTOR_NAMESPACE = "blockserve"
+
+
+@dataclass
+class Outcome:
+    """What a model replica returns: a result, or an HTTP status and a message for the user."""
+
+    status: int
+    result: Any = None
+    error: str = ""
+    model_seconds: float = 0.0
+
+
+@dataclass
+class _Queued:
+    payload: Any
+    tokens: int
+    unit: int  # batch cost of one request: max_batch_tokens / max_batch_size
+    arrived: float = field(default_factory=time.perf_counter)
+
+
+def _padded_cost(items: list[_Queued]) -> int:
+    """Batch cost in tokens: a request costs at least `unit` (the count limit) and the batch pads to its longest."""
+    if not items:
+        return 0
+    return len(items) * max(max(item.tokens for item in items), items[0].unit)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return getattr(torch, dtype)
+
+
+class _ModelServer:
+    """Shared by the QA and summarization deployments: loading, batching knobs, metrics, info."""
+
+    task = ""
+
+    def __init__(self, variant_name: str, variant: dict, limits: dict, generation: dict) -> None:
+        self.variant_name = variant_name
+        self.variant = VariantConfig.model_validate(variant)
+        self.limits = LimitsConfig.model_validate(limits)
+        self.generation = GenerationConfig.model_validate(generation)
+        self.device = resolve_device(self.variant.device)
+        self.checkpoint = load_checkpoint(
+            self.variant.checkpoint, device=self.device, dtype=resolve_dtype(self.variant.dtype, self.device)
+        )
+        self.tokenizer = self.checkpoint.tokenizer()
+        self.batching = BatchingConfig()
+        self.collector = _metrics_collector()
+        self.engine = self._build_engine()
+        self._warm_up()
+
+    def _build_engine(self):
+        raise NotImplementedError
+
+    def _warm_up(self) -> None:
+        raise NotImplementedError
+
+    def reconfigure(self, user_config: dict) -> None:
+        self.batching = BatchingConfig.model_validate(user_config or {})
+        self.run_batch.set_max_batch_size(self.batching.max_batch_tokens)
+        self.run_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+        log.info("%s/%s batching: %s", self.task, self.variant_name, self.batching)
+
+    def check_health(self) -> None:
+        self._warm_up()  # a real, tiny inference
+
+    def info(self) -> dict:
+        manifest = self.checkpoint.manifest
+        return {
+            "task": self.task,
+            "variant": self.variant_name,
+            "checkpoint": self.variant.checkpoint,
+            "compact": manifest is not None,
+            "plan": manifest.plan.summary() if manifest else None,
+            "params": sum(p.numel() for p in self.checkpoint.model.parameters()),
+            "flops_ratio": manifest.stats.flops_ratio if manifest else None,
+            "device": self.device,
+            "runtime": self.variant.runtime,
+        }
+
+    async def __call__(self, payload: Any) -> Outcome:
+        try:
+            tokens = self.count_tokens(payload)
+        except InputTooLong as error:
+            self.collector.reject.remote(self.task, self.variant_name, "too_long")
+            return Outcome(413, error=str(error))
+        except SettingsTooHigh as error:
+            return Outcome(422, error=str(error))
+        unit = math.ceil(self.batching.max_batch_tokens / self.batching.max_batch_size)
+        return await self.run_batch(_Queued(payload, tokens, unit))
+
+    async def _batch(self, items: list[_Queued], infer) -> list[Outcome]:
+        started = time.perf_counter()
+        # The model runs in a thread so the replica's event loop keeps accepting requests meanwhile.
+        results = await asyncio.to_thread(infer, [item.payload for item in items])
+        seconds = time.perf_counter() - started
+        self.collector.observe_batch.remote(
+            BatchObservation(
+                self.task, self.variant_name, len(items), seconds,
+                [started - item.arrived for item in items], [item.tokens for item in items],
+            )
+        )  # fmt: skip
+        return [Outcome(200, result=result, model_seconds=seconds) for result in results]
+
+
+@serve.deployment
+class QAServer(_ModelServer):
+    task = "qa"
+
+    def _build_engine(self) -> QAEngine:
+        return QAEngine(torch_forward(self.checkpoint.model), self.tokenizer, self.limits)
+
+    def _warm_up(self) -> None:
+        self.engine.answer([QAInput("What is served?", "Pruned models are served.")])
+
+    def count_tokens(self, payload: QAInput) -> int:
+        return self.engine.count_tokens(payload)
+
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
+    async def run_batch(self, items: list[_Queued]) -> list[Outcome]:
+        return await self._batch(items, self.engine.answer)
+
+
+@serve.deployment
+class SummarizeServer(_ModelServer):
+    task = "summarize"
+
+    def _build_engine(self) -> SummarizeEngine:
+        return SummarizeEngine(self.checkpoint.model, self.tokenizer, self.limits, self.generation)
+
+    def _warm_up(self) -> None:
+        self.engine.summarize([SummaryInput("Pruned models are served side by side.", max_new_tokens=2)])
+
+    def count_tokens(self, payload: SummaryInput) -> int:
+        return self.engine.count_tokens(payload)
+
+    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
+    async def run_batch(self, items: list[_Queued]) -> list[Outcome]:
+        return await self._batch(items, self.engine.summarize)
+
+
+@ray.remote(num_cpus=0)
+class MetricsCollector:
+    """The one registry of the application (see `service.metrics`)."""
+
+    def __init__(self) -> None:
+        from service.metrics import ServiceMetrics
+
+        self.metrics = ServiceMetrics()
+
+    def observe_batch(self, batch: BatchObservation) -> None:
+        self.metrics.observe_batch(batch)
+
+    def observe_request(self, task: str, variant: str, status: int, seconds: float) -> None:
+        self.metrics.observe_request(task, variant, status, seconds)
+
+    def reject(self, task: str, variant: str, reason: str) -> None:
+        self.metrics.reject(task, variant, reason)
+
+    def render(self) -> bytes:
+        return self.metrics.render()
+
+
+def _metrics_collector():
+    # Detached and named: every replica of every deployment finds the same one, and it outlives replica restarts.
+    return MetricsCollector.options(
+        name=COLLECTOR_NAME, namespace=COLLECTOR_NAMESPACE, get_if_exists=True, lifetime="detached"
+    ).remote()

@@ -1,0 +1,146 @@
+"""A real Ray Serve application on localhost with tiny local models: every route and error code."""
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pruning.checkpoint import compact_checkpoint, load_checkpoint
+from pruning.plan import PruningPlan
+from pruning.structure import geometry_of
+from service.config import LimitsConfig
+from service.qa_engine import QAEngine, QAInput, torch_forward
+from tests.factories import _CORPUS
+
+pytestmark = pytest.mark.slow
+URL = "http://127.0.0.1:8000"
+LONG_CONTEXT = " ".join(_CORPUS * 3)
+
+
+def _compact(dense_dir, out):
+    config = load_checkpoint(dense_dir).model.config
+    compact_checkpoint(dense_dir, PruningPlan.uniform(geometry_of(config), 0.5, 0.5), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def app_config(dense_bert_dir, summarizer_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    variant = {"num_cpus": 0.1, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2}}
+    qa_limits = {"window_tokens": 48, "window_stride": 16, "max_question_tokens": 16, "max_input_tokens": 1000}
+    return {
+        "qa": {
+            "default_variant": "pruned",
+            "variants": {
+                "dense": {"checkpoint": str(dense_bert_dir), **variant},
+                "pruned": {"checkpoint": str(_compact(dense_bert_dir, root / "qa-pruned")), **variant},
+            },
+            "limits": qa_limits,
+        },
+        "summarize": {
+            "default_variant": "dense",
+            "variants": {
+                "dense": {"checkpoint": str(summarizer_dir), **variant},
+                "pruned": {"checkpoint": str(_compact(summarizer_dir, root / "sum-pruned")), **variant},
+            },
+            "limits": {"max_input_tokens": 120},
+            "generation": {"num_beams": 2, "max_new_tokens": 8},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def served(app_config):
+    import os
+
+    import ray
+    from ray import serve
+
+    from service.app import build_app
+
+    # A busy 2-core machine can take longer than Ray's default 5 s to start the HTTP proxy.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    serve.run(build_app(app_config), name="blockserve", route_prefix="/")
+    yield app_config
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_health_ready_and_models(served):
+    assert httpx.get(f"{URL}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{URL}/readyz").status_code == 200
+    models = httpx.get(f"{URL}/v1/models").json()
+    by_name = {(m["task"], m["variant"]): m for m in models}
+    assert set(by_name) == {("qa", "dense"), ("qa", "pruned"), ("summarize", "dense"), ("summarize", "pruned")}
+    assert by_name[("qa", "pruned")]["compact"] and by_name[("qa", "pruned")]["is_default"]
+    assert by_name[("qa", "pruned")]["params"] < by_name[("qa", "dense")]["params"]
+    assert by_name[("qa", "pruned")]["flops_ratio"] > 1 and by_name[("qa", "dense")]["flops_ratio"] is None
+    assert "/v1/qa" in httpx.get(f"{URL}/openapi.json").json()["paths"]
+
+
+def test_qa_answers_equal_the_direct_models_best_span(served, dense_bert_dir):
+    checkpoint = load_checkpoint(dense_bert_dir)
+    limits = LimitsConfig.model_validate(served["qa"]["limits"])
+    engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits)
+    for context in (_CORPUS[1], LONG_CONTEXT):
+        body = {"question": "Where is Fresno?", "context": context, "variant": "dense", "top_k": 2}
+        response = httpx.post(f"{URL}/v1/qa", json=body, timeout=30)
+        assert response.status_code == 200, response.text
+        data = response.json()
+        (expected, *_) = engine.answer([QAInput(body["question"], context)])[0]
+        assert (data["start"], data["end"]) == (expected.start, expected.end)
+        assert data["answer"] == context[expected.start : expected.end]
+        assert data["variant"] == "dense" and data["model"] == str(dense_bert_dir) and data["latency_ms"] > 0
+        assert len(data["answers"]) == 2
+    default = httpx.post(f"{URL}/v1/qa", json={"question": "Where?", "context": _CORPUS[1]}, timeout=30).json()
+    assert default["variant"] == "pruned"
+
+
+def test_summarize(served):
+    response = httpx.post(f"{URL}/v1/summarize", json={"text": _CORPUS[0], "variant": "pruned"}, timeout=30)
+    assert response.status_code == 200, response.text
+    data = response.json()
+    assert data["variant"] == "pruned" and isinstance(data["summary"], str) and 0 < data["output_tokens"] <= 8
+    lowered = httpx.post(f"{URL}/v1/summarize", json={"text": _CORPUS[0], "max_new_tokens": 2}, timeout=30).json()
+    assert lowered["output_tokens"] <= 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v1/qa", {"question": "", "context": "x"}, 422, "question"),
+        ("/v1/qa", {"context": "x"}, 422, "question: Field required"),
+        ("/v1/qa", {"question": "q", "context": "x", "top_k": 0}, 422, "top_k"),
+        ("/v1/qa", {"question": "q", "context": "x", "variant": "turbo"}, 404, "unknown variant 'turbo'"),
+        ("/v1/qa", {"question": "q", "context": LONG_CONTEXT * 4}, 413, "the limit is 1000"),
+        ("/v1/summarize", {"text": "x", "num_beams": 5}, 422, "num_beams 5 is above this service's limit of 2"),
+        ("/v1/summarize", {"text": LONG_CONTEXT}, 413, "the limit is 120"),
+    ],
+)
+def test_user_errors_get_clear_4xx(served, path, body, status, message):
+    response = httpx.post(f"{URL}{path}", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_concurrent_requests_share_a_batch_and_metrics_parse(served):
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            bodies = [{"question": f"Question {i}?", "context": _CORPUS[i % 5], "variant": "dense"} for i in range(6)]
+            return await asyncio.gather(*(client.post(f"{URL}/v1/qa", json=b) for b in bodies))
+
+    assert all(r.status_code == 200 for r in asyncio.run(burst()))
+    text = httpx.get(f"{URL}/metrics").text
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    labels = (("task", "qa"), ("variant", "dense"))
+    batches = samples[("blockserve_batch_size_count", labels)]
+    requests = samples[("blockserve_batch_size_sum", labels)]
+    assert requests > batches  # at least one batch held more than one request
+    assert samples[("blockserve_requests_total", (("status", "200"), *labels))] >= 6
+    assert samples[("blockserve_inference_seconds_count", labels)] == batches
+    assert any(name == "blockserve_rejected_total" for name, _ in samples)
