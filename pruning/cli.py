@@ -138,6 +138,13 @@ def cmd_init(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: random {args.arch} weights, tokenizer trained on {len(args.corpus)} file(s)")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from service.app import read_serve_config, run_service
+
+    document, config = read_serve_config(args.config)
+    run_service(document, config)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pruning.evaluate import evaluate_checkpoint
 
@@ -329,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     _add_task_options(evaluate)
     evaluate.set_defaults(run=cmd_evaluate)
+
+    serve = commands.add_parser("serve", help="run the Ray Serve application of a config file (deploy/serve.yaml)")
+    serve.add_argument("config", type=_existing_file, help="Ray Serve config file")
+    serve.set_defaults(run=cmd_serve)
 
     init = commands.add_parser(
         "init", help="write a random preset model with a tokenizer trained on local data (offline stand-in)"

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from ray.serve import Application
 
+from pruning.errors import BlockserveError
+from pruning.plan import describe_validation_error
 from service.config import AppConfig
 from service.deployments import QAServer, SummarizeServer
 from service.ingress import Ingress
 
 SERVERS = {"qa": QAServer, "summarize": SummarizeServer}
+
+
+class ConfigError(BlockserveError):
+    """The service's config file is unreadable or invalid (the message names the field)."""
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -33,3 +41,55 @@ def build_app(args: dict[str, Any]) -> Application:
                 .bind(name, variant.model_dump(), task.limits.model_dump(), task.generation.model_dump())
             )
     return Ingress.options(name="ingress").bind(config.model_dump(), servers)
+
+
+def read_serve_config(path: str | Path) -> tuple[dict[str, Any], AppConfig]:
+    """A Ray Serve config file and the validated `args` of its blockserve application."""
+    import yaml
+
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise ConfigError(f"{path}: {error}") from None
+    applications = document.get("applications") if isinstance(document, dict) else None
+    ours = [app for app in applications or [] if app.get("import_path") == "service.app:build_app"]
+    if not ours:
+        raise ConfigError(f"{path} has no application with import_path service.app:build_app")
+    try:
+        return document, AppConfig.model_validate(ours[0].get("args") or {})
+    except ValidationError as error:
+        raise ConfigError(
+            f"{path}: applications[{ours[0].get('name')}].args: {describe_validation_error(error)}"
+        ) from None
+
+
+def run_service(document: dict[str, Any], config: AppConfig, *, block: bool = True) -> str:
+    """Start Ray (or join RAY_ADDRESS), deploy the application with the file's HTTP options; returns its URL.
+
+    With `block`, serves until Ctrl-C and then shuts the application down.
+    """
+    import time
+
+    import ray
+    from ray import serve
+
+    http = document.get("http_options") or {}
+    host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
+    application = next(app for app in document["applications"] if app.get("import_path") == "service.app:build_app")
+    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(
+        build_app(config.model_dump()),
+        name=application.get("name", "blockserve"),
+        route_prefix=application.get("route_prefix", "/"),
+    )
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    if block:
+        print(f"serving on {url} (docs: {url}/docs, metrics: {url}/metrics); Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+    return url

@@ -52,3 +52,28 @@ def test_variant_fields_are_checked():
 def test_at_least_one_task():
     with pytest.raises(ValidationError, match="at least one"):
         AppConfig.model_validate({})
+
+
+def test_the_shipped_serve_yaml_is_valid():
+    from service.app import read_serve_config
+    from tests.factories import ROOT
+
+    document, config = read_serve_config(ROOT / "deploy" / "serve.yaml")
+    assert set(config.tasks()) == {"qa", "summarize"}
+    assert document["applications"][0]["import_path"] == "service.app:build_app"
+
+
+def test_serve_command_names_the_bad_field(tmp_path, capsys):
+    from pruning.cli import main
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "applications:\n  - name: blockserve\n    import_path: service.app:build_app\n    args:\n"
+        "      qa: {default_variant: fast, variants: {dense: {checkpoint: x}}}\n"
+    )
+    assert main(["serve", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "applications[blockserve].args: qa: default_variant 'fast' is not one of ['dense']" in err
+    config.write_text("applications: []\n")
+    assert main(["serve", str(config)]) == 2
+    assert "no application with import_path service.app:build_app" in capsys.readouterr().err
