@@ -110,6 +110,15 @@ class AppConfig(Strict):
             raise ValueError("configure at least one of 'qa' and 'summarize'")
         return self
 
+    @model_validator(mode="after")
+    def _onnx_only_for_qa(self) -> AppConfig:
+        for name, variant in self.summarize.variants.items() if self.summarize else ():
+            if variant.runtime != "torch":
+                raise ValueError(
+                    f"summarize.variants.{name}.runtime: only 'torch' serves summarization (onnx: qa only)"
+                )
+        return self
+
     def tasks(self) -> dict[str, TaskConfig]:
         """Route name (`qa`, `summarize`) → its config, for the tasks that are configured."""
         return {name: config for name in TASK_ROUTES if (config := getattr(self, name)) is not None}

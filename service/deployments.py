@@ -22,7 +22,7 @@ from ray import serve
 from pruning.checkpoint import load_checkpoint
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.metrics import BatchObservation
-from service.qa_engine import InputTooLong, QAEngine, QAInput, torch_forward
+from service.qa_engine import InputTooLong, QAEngine, QAInput, onnx_forward, torch_forward
 from service.summarize_engine import SettingsTooHigh, SummarizeEngine, SummaryInput
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,24 @@ class QAServer(_ModelServer):
     task = "qa"
 
     def _build_engine(self) -> QAEngine:
-        return QAEngine(torch_forward(self.checkpoint.model), self.tokenizer, self.limits)
+        positions = self.checkpoint.model.config.max_position_embeddings
+        if self.variant.runtime == "onnx":
+            return QAEngine(onnx_forward(self._onnx_session()), self.tokenizer, self.limits, positions)
+        return QAEngine(torch_forward(self.checkpoint.model), self.tokenizer, self.limits, positions)
+
+    def _onnx_session(self):
+        """The checkpoint's `model.onnx` if `blockserve export` wrote one, else an export made now."""
+        import tempfile
+        from pathlib import Path
+
+        from pruning.export import ONNX_NAME, export_qa_onnx, onnx_session
+
+        path = self.checkpoint.directory / ONNX_NAME
+        if not path.is_file():
+            path = Path(tempfile.mkdtemp(prefix="blockserve-onnx-")) / ONNX_NAME
+            export_qa_onnx(self.checkpoint.model.float().cpu(), path)
+        # Several replicas may share a CPU: idle ORT threads must not spin and steal it from the others.
+        return onnx_session(path, device=self.device, spinning=self.device == "cuda")
 
     def _warm_up(self) -> None:
         self.engine.answer([QAInput("What is served?", "Pruned models are served.")])

@@ -48,8 +48,29 @@ def torch_forward(model: PreTrainedModel) -> Forward:
     return forward
 
 
+def onnx_forward(session) -> Forward:
+    """The same contract as `torch_forward`, on an ONNX Runtime session of an exported QA model."""
+    names = [node.name for node in session.get_inputs()]
+
+    def forward(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        feed = dict(arrays)
+        # The exported graph always takes token_type_ids; a tokenizer without them means "all segment 0",
+        # which is what the torch model assumes when they are absent.
+        feed.setdefault("token_type_ids", np.zeros_like(arrays["input_ids"]))
+        start, end = session.run(["start_logits", "end_logits"], {name: feed[name] for name in names})
+        return start, end
+
+    return forward
+
+
 class QAEngine:
-    def __init__(self, forward: Forward, tokenizer: PreTrainedTokenizerBase, limits: LimitsConfig) -> None:
+    def __init__(
+        self, forward: Forward, tokenizer: PreTrainedTokenizerBase, limits: LimitsConfig, max_positions: int
+    ) -> None:
+        if limits.window_tokens > max_positions:
+            raise ValueError(
+                f"limits.window_tokens ({limits.window_tokens}) exceeds the model's {max_positions} positions"
+            )
         self.forward = forward
         self.tokenizer = tokenizer
         self.limits = limits

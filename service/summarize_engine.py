@@ -45,6 +45,8 @@ class SummarizeEngine:
         self.model, self.tokenizer = model, tokenizer
         self.limits, self.generation = limits, generation
         self.device = next(model.parameters()).device
+        # The model cannot read past its position table, whatever the config allows.
+        self.max_input_tokens = min(limits.max_input_tokens, model.config.max_position_embeddings)
 
     def count_tokens(self, item: SummaryInput) -> int:
         """Article tokens; raises `InputTooLong` over the limit and `SettingsTooHigh` past the config."""
@@ -53,8 +55,8 @@ class SummarizeEngine:
             if asked is not None and asked > allowed:
                 raise SettingsTooHigh(f"{name} {asked} is above this service's limit of {allowed}")
         tokens = len(self.tokenizer(item.text)["input_ids"])
-        if tokens > self.limits.max_input_tokens:
-            raise InputTooLong("text", tokens, self.limits.max_input_tokens)
+        if tokens > self.max_input_tokens:
+            raise InputTooLong("text", tokens, self.max_input_tokens)
         return tokens
 
     def _settings(self, item: SummaryInput) -> tuple[int, int]:

@@ -34,7 +34,11 @@ def app_config(dense_bert_dir, summarizer_dir, tmp_path_factory):
             "default_variant": "pruned",
             "variants": {
                 "dense": {"checkpoint": str(dense_bert_dir), **variant},
-                "pruned": {"checkpoint": str(_compact(dense_bert_dir, root / "qa-pruned")), **variant},
+                "pruned": {
+                    "checkpoint": str(_compact(dense_bert_dir, root / "qa-pruned")),
+                    "runtime": "onnx",
+                    **variant,
+                },
             },
             "limits": qa_limits,
         },
@@ -77,13 +81,14 @@ def test_health_ready_and_models(served):
     assert by_name[("qa", "pruned")]["compact"] and by_name[("qa", "pruned")]["is_default"]
     assert by_name[("qa", "pruned")]["params"] < by_name[("qa", "dense")]["params"]
     assert by_name[("qa", "pruned")]["flops_ratio"] > 1 and by_name[("qa", "dense")]["flops_ratio"] is None
+    assert by_name[("qa", "pruned")]["runtime"] == "onnx" and by_name[("qa", "dense")]["runtime"] == "torch"
     assert "/v1/qa" in httpx.get(f"{URL}/openapi.json").json()["paths"]
 
 
 def test_qa_answers_equal_the_direct_models_best_span(served, dense_bert_dir):
     checkpoint = load_checkpoint(dense_bert_dir)
     limits = LimitsConfig.model_validate(served["qa"]["limits"])
-    engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits)
+    engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits, 128)
     for context in (_CORPUS[1], LONG_CONTEXT):
         body = {"question": "Where is Fresno?", "context": context, "variant": "dense", "top_k": 2}
         response = httpx.post(f"{URL}/v1/qa", json=body, timeout=30)
@@ -94,8 +99,14 @@ def test_qa_answers_equal_the_direct_models_best_span(served, dense_bert_dir):
         assert data["answer"] == context[expected.start : expected.end]
         assert data["variant"] == "dense" and data["model"] == str(dense_bert_dir) and data["latency_ms"] > 0
         assert len(data["answers"]) == 2
-    default = httpx.post(f"{URL}/v1/qa", json={"question": "Where?", "context": _CORPUS[1]}, timeout=30).json()
-    assert default["variant"] == "pruned"
+    # The default variant is the compact model on ONNX Runtime: same answer as the compact model in torch.
+    compact = load_checkpoint(served["qa"]["variants"]["pruned"]["checkpoint"])
+    reference = QAEngine(torch_forward(compact.model), compact.tokenizer(), limits, 128)
+    for context in (_CORPUS[1], LONG_CONTEXT):
+        default = httpx.post(f"{URL}/v1/qa", json={"question": "Where?", "context": context}, timeout=30).json()
+        (expected, *_) = reference.answer([QAInput("Where?", context)])[0]
+        assert default["variant"] == "pruned" and (default["start"], default["end"]) == (expected.start, expected.end)
+        assert default["score"] == pytest.approx(expected.score, abs=1e-3)
 
 
 def test_summarize(served):
@@ -144,3 +155,49 @@ def test_concurrent_requests_share_a_batch_and_metrics_parse(served):
     assert samples[("blockserve_requests_total", (("status", "200"), *labels))] >= 6
     assert samples[("blockserve_inference_seconds_count", labels)] == batches
     assert any(name == "blockserve_rejected_total" for name, _ in samples)
+
+
+@pytest.fixture(scope="module")
+def tight(served, summarizer_dir):
+    """A second application with a tiny queue and a deadline no request can meet."""
+    from ray import serve
+
+    from service.app import build_app
+
+    variant = {"checkpoint": str(summarizer_dir), "num_cpus": 0.1, "max_queued_requests": 1,
+               "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}  # fmt: skip
+    config = {
+        "summarize": {
+            "default_variant": "queue",
+            "variants": {"queue": variant, "slow": variant},
+            "generation": {"num_beams": 2, "max_new_tokens": 16, "no_repeat_ngram_size": 0},
+        }
+    }
+    serve.run(build_app(config), name="tight", route_prefix="/tight")
+    # The deadline is a task-wide limit: a third app gives `slow` a 1 ms one.
+    config["summarize"]["limits"] = {"request_timeout_s": 0.001}
+    config["summarize"]["default_variant"] = "slow"
+    serve.run(build_app(config), name="deadline", route_prefix="/deadline")
+    yield
+    serve.delete("tight")
+    serve.delete("deadline")
+
+
+def test_full_queue_is_503_with_retry_after(tight):
+    async def flood():
+        async with httpx.AsyncClient(timeout=60) as client:
+            body = {"text": _CORPUS[0] + " " + _CORPUS[3], "max_new_tokens": 16}
+            return await asyncio.gather(*(client.post(f"{URL}/tight/v1/summarize", json=body) for _ in range(24)))
+
+    responses = asyncio.run(flood())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert rejected.headers["Retry-After"] == "1" and "at capacity" in rejected.json()["error"]
+
+
+def test_past_the_deadline_is_504(tight):
+    response = httpx.post(f"{URL}/deadline/v1/summarize", json={"text": _CORPUS[0]}, timeout=30)
+    assert response.status_code == 504 and "deadline" in response.json()["error"]
+    # The replica survives: the next request with a normal deadline on the other app still works.
+    assert httpx.post(f"{URL}/tight/v1/summarize", json={"text": _CORPUS[0]}, timeout=30).status_code == 200

@@ -57,7 +57,10 @@ def test_service_qa_engine_answers_like_the_evaluator_on_real_squad():
     chosen = examples[:24] + [longest]
     task = QuestionAnsweringTask(max_length=256, stride=96)
     expected = task.predict(checkpoint.model, tokenizer, chosen, progress=False)
-    engine = QAEngine(torch_forward(checkpoint.model), tokenizer, LimitsConfig(window_tokens=256, window_stride=96))
+    limits = LimitsConfig(window_tokens=256, window_stride=96)
+    engine = QAEngine(
+        torch_forward(checkpoint.model), tokenizer, limits, checkpoint.model.config.max_position_embeddings
+    )
     answers = engine.answer([QAInput(e.question, e.context) for e in chosen])
     assert len(tokenizer(longest.context)["input_ids"]) > 256  # the long one spans several windows
     got = {e.id: e.context[spans[0].start : spans[0].end] for e, spans in zip(chosen, answers, strict=True)}

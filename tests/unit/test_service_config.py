@@ -77,3 +77,9 @@ def test_serve_command_names_the_bad_field(tmp_path, capsys):
     config.write_text("applications: []\n")
     assert main(["serve", str(config)]) == 2
     assert "no application with import_path service.app:build_app" in capsys.readouterr().err
+
+
+def test_onnx_runtime_is_for_qa_only():
+    data = {"summarize": {"default_variant": "d", "variants": {"d": {"checkpoint": "x", "runtime": "onnx"}}}}
+    with pytest.raises(ValidationError, match="only 'torch' serves summarization"):
+        AppConfig.model_validate(data)

@@ -13,7 +13,7 @@ LONG_CONTEXT = " ".join(_CORPUS * 3)  # several windows of 48 tokens
 def engine_and_task(dense_bert_dir):
     checkpoint = load_checkpoint(dense_bert_dir)
     limits = LimitsConfig(window_tokens=48, window_stride=16, max_question_tokens=16, max_input_tokens=400)
-    engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits)
+    engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits, 128)
     task = QuestionAnsweringTask(max_length=48, stride=16)
     return engine, task, checkpoint
 
@@ -40,3 +40,9 @@ def test_limits_are_checked_with_counts(engine_and_task):
     with pytest.raises(InputTooLong, match=r"context has \d+ tokens; the limit is 400"):
         engine.count_tokens(QAInput("why?", LONG_CONTEXT * 3))
     assert engine.count_tokens(QAInput("why?", _CORPUS[0])) > 5
+
+
+def test_windows_longer_than_the_models_positions_fail_at_start(dense_bert_dir):
+    checkpoint = load_checkpoint(dense_bert_dir)
+    with pytest.raises(ValueError, match=r"window_tokens \(384\) exceeds the model's 128 positions"):
+        QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), LimitsConfig(), 128)

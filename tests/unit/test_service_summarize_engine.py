@@ -32,3 +32,12 @@ def test_requests_may_lower_but_not_raise_limits(engine):
     with pytest.raises(InputTooLong, match=r"text has \d+ tokens; the limit is 120"):
         engine.count_tokens(SummaryInput(" ".join(_CORPUS * 4)))
     assert engine.count_tokens(SummaryInput(_CORPUS[0], max_new_tokens=4, num_beams=1)) > 5
+
+
+def test_limit_never_exceeds_the_models_positions(summarizer_dir):
+    checkpoint = load_checkpoint(summarizer_dir)  # 160 positions
+    engine = SummarizeEngine(
+        checkpoint.model, checkpoint.tokenizer(), LimitsConfig(max_input_tokens=4096), GenerationConfig()
+    )
+    with pytest.raises(InputTooLong, match="the limit is 160"):
+        engine.count_tokens(SummaryInput(" ".join(_CORPUS * 2)))
