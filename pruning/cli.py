@@ -307,9 +307,9 @@ def _bench_subject(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from pruning.demo import run_demo
+    from service.demo import run_demo
 
-    run_demo(Path(args.workdir), qa_model=args.qa_model)
+    run_demo(Path(args.zoo), args.qa_model, args.sum_model, once=args.once, port=args.port, repeats=args.repeats)
 
 
 # ---- parser ---------------------------------------------------------------------------------------
@@ -390,9 +390,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", help="write a PNG of speedup vs FLOPs ratio")
     bench.set_defaults(run=cmd_bench)
 
-    demo = commands.add_parser("demo", help="compact, reload, check, export and time a QA model end to end")
-    demo.add_argument("--qa-model", help="dense QA checkpoint (default: ../shared/models/minilm-l6-squad if present)")
-    demo.add_argument("--workdir", default="artifacts/demo", help="where the demo writes its checkpoints")
+    demo = commands.add_parser(
+        "demo", help="serve a local zoo of dense and pruned QA and summarization models, query it, compare latency"
+    )
+    demo.add_argument("--qa-model", help="dense QA checkpoint or hub id (default: BERT-base shapes, random weights)")
+    demo.add_argument("--sum-model", help="dense summarization checkpoint or hub id (default: BART-base, random)")
+    demo.add_argument("--zoo", default="artifacts/zoo", help="where the zoo is built or reused")
+    demo.add_argument("--once", action="store_true", help="exit after the check instead of serving until Ctrl-C")
+    demo.add_argument("--port", type=_positive_int, default=8000)
+    demo.add_argument("--repeats", type=_positive_int, default=5, help="timed requests per variant")
     demo.set_defaults(run=cmd_demo)
     return parser
 

@@ -92,10 +92,20 @@ def _corpus(task_name: str, files: list[Path]) -> list[str]:
     return list(dict.fromkeys(texts))  # contexts repeat once per question
 
 
-def init_checkpoint(preset: str, corpus: list[Path], out_dir: Path, vocab_size: int = 8000, seed: int = 0) -> Path:
-    """Write a random `preset` model with a tokenizer trained on `corpus` files to `out_dir`."""
+def init_checkpoint(
+    preset: str,
+    corpus: list[Path],
+    out_dir: Path,
+    vocab_size: int = 8000,
+    seed: int = 0,
+    extra_texts: list[str] | None = None,
+) -> Path:
+    """Write a random `preset` model with a tokenizer trained on `corpus` files (and `extra_texts`) to `out_dir`."""
     spec = PRESETS[preset]
-    tokenizer = TOKENIZER_TRAINERS[spec.model_type](_corpus(spec.task, corpus), vocab_size)
+    texts = (_corpus(spec.task, corpus) if corpus else []) + list(extra_texts or [])
+    if not texts:
+        raise DataError("no text to train a tokenizer on: give corpus files or texts")
+    tokenizer = TOKENIZER_TRAINERS[spec.model_type](texts, vocab_size)
     model = build_preset(
         preset,
         seed=seed,

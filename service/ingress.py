@@ -79,7 +79,7 @@ class Ingress:
         return seconds
 
     async def _serve(self, route: str, variant: str | None, payload: Any) -> tuple[str, Any, float] | JSONResponse:
-        """(variant, result, server seconds) of a served request, or the error response; both are counted."""
+        """(variant, outcome, server seconds) of a served request, or the error response; both are counted."""
         started = time.perf_counter()
         name, outcome = await self._call(route, variant, payload)
         if isinstance(outcome, JSONResponse):
@@ -89,19 +89,22 @@ class Ingress:
         else:
             status, response = 200, None
         seconds = self._finish(route, name, status, started)
-        return response if response is not None else (name, outcome.result, seconds)
+        return response if response is not None else (name, outcome, seconds)
 
     @api.post("/v1/qa", response_model=QAResponse, responses=ERRORS)
     async def qa(self, body: QARequest):
         served = await self._serve("qa", body.variant, QAInput(body.question, body.context, body.top_k))
         if isinstance(served, JSONResponse):
             return served
-        variant, spans, seconds = served
-        answers = [Answer(answer=body.context[s.start : s.end], score=s.score, start=s.start, end=s.end) for s in spans]
+        variant, outcome, seconds = served
+        answers = [
+            Answer(answer=body.context[s.start : s.end], score=s.score, start=s.start, end=s.end)
+            for s in outcome.result
+        ]
         best = answers[0] if answers else Answer(answer="", score=float("-inf"), start=0, end=0)
         return QAResponse(
             variant=variant, model=self.config.qa.variants[variant].checkpoint, latency_ms=1000 * seconds,
-            answer=best.answer, score=best.score, start=best.start, end=best.end, answers=answers,
+            inference_ms=1000 * outcome.model_seconds, answer=best.answer, score=best.score, start=best.start, end=best.end, answers=answers,
         )  # fmt: skip
 
     @api.post("/v1/summarize", response_model=SummarizeResponse, responses=ERRORS)
@@ -110,10 +113,11 @@ class Ingress:
         served = await self._serve("summarize", body.variant, payload)
         if isinstance(served, JSONResponse):
             return served
-        variant, summary, seconds = served
+        variant, outcome, seconds = served
+        summary = outcome.result
         return SummarizeResponse(
             variant=variant, model=self.config.summarize.variants[variant].checkpoint, latency_ms=1000 * seconds,
-            summary=summary.text, input_tokens=summary.input_tokens, output_tokens=summary.output_tokens,
+            inference_ms=1000 * outcome.model_seconds, summary=summary.text, input_tokens=summary.input_tokens, output_tokens=summary.output_tokens,
         )  # fmt: skip
 
     @api.get("/v1/models")

@@ -29,6 +29,7 @@ class Served(BaseModel):
     variant: str
     model: str = Field(description="checkpoint the variant loaded")
     latency_ms: float = Field(description="server-side time from request arrival to response")
+    inference_ms: float = Field(description="model time of the batch that served the request")
 
 
 class QAResponse(Served):
