@@ -182,6 +182,10 @@ def run_demo(root: Path, qa_model: str | None, sum_model: str | None, once: bool
         summary[route] = {"speedup": dense["client_ms"] / pruned["client_ms"],
                           "overhead_ms": statistics.median([dense["overhead_ms"], pruned["overhead_ms"]])}  # fmt: skip
         print(f"    {route}: pruned is {summary[route]['speedup']:.2f}× faster than dense through HTTP")
+    rows = [{"task": route, "variant": variant, **{k: round(v, 1) for k, v in r.items() if k != "last"}}
+            for (route, variant), r in results.items()]  # fmt: skip
+    (root / "demo-latency.json").write_text(json.dumps({"rows": rows, "pruned_vs_dense": summary}, indent=1))
+    print(f"    wrote {root / 'demo-latency.json'}")
     print(f"\n    OpenAPI: {url}/docs   metrics: {url}/metrics   models: {url}/v1/models")
     if once:
         serve.shutdown()
