@@ -38,7 +38,13 @@ def build_app(args: dict[str, Any]) -> Application:
                     max_queued_requests=variant.max_queued_requests,
                     user_config=variant.batching.model_dump(),
                 )
-                .bind(name, variant.model_dump(), task.limits.model_dump(), task.generation.model_dump())
+                # Batching travels only in user_config: init args that change would restart replicas.
+                .bind(
+                    name,
+                    variant.model_dump(exclude={"batching"}),
+                    task.limits.model_dump(),
+                    task.generation.model_dump(),
+                )
             )
     return Ingress.options(name="ingress").bind(config.model_dump(), servers)
 

@@ -77,12 +77,19 @@ class VariantConfig(Strict):
     num_cpus: float = Field(1.0, gt=0.0)
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; fractions share a GPU")
     max_queued_requests: int = Field(64, ge=1, description="beyond this, 503 with Retry-After")
+    # Ray Serve's default of 5 would silently cap batches. Not derived from the batch size: changing
+    # it restarts replicas, while batching knobs must change in place.
+    max_ongoing_requests: int = Field(32, ge=1, description="requests a replica holds at once (≥ max_batch_size)")
     batching: BatchingConfig = BatchingConfig()
 
-    @property
-    def max_ongoing_requests(self) -> int:
-        # Ray Serve's default of 5 would silently cap batches: let a full batch gather while one runs.
-        return 2 * self.batching.max_batch_size
+    @model_validator(mode="after")
+    def _batches_can_fill(self) -> VariantConfig:
+        if self.max_ongoing_requests < self.batching.max_batch_size:
+            raise ValueError(
+                f"max_ongoing_requests ({self.max_ongoing_requests}) is below batching.max_batch_size "
+                f"({self.batching.max_batch_size}): batches could never fill"
+            )
+        return self
 
 
 class TaskConfig(Strict):

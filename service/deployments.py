@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,6 +119,8 @@ class _ModelServer:
             "flops_ratio": manifest.stats.flops_ratio if manifest else None,
             "device": self.device,
             "runtime": self.variant.runtime,
+            "batching": self.batching.model_dump(),
+            "replica_pid": os.getpid(),
         }
 
     async def __call__(self, payload: Any) -> Outcome:

@@ -21,7 +21,15 @@ from ray.serve.exceptions import BackPressureError
 from service.config import AppConfig
 from service.deployments import Outcome, _metrics_collector
 from service.qa_engine import QAInput
-from service.schemas import Answer, ErrorBody, QARequest, QAResponse, SummarizeRequest, SummarizeResponse
+from service.schemas import (
+    Answer,
+    ErrorBody,
+    QARequest,
+    QAResponse,
+    SummarizeRequest,
+    SummarizeResponse,
+    VariantInfo,
+)
 from service.summarize_engine import SummaryInput
 
 api = FastAPI(
@@ -120,7 +128,7 @@ class Ingress:
             inference_ms=1000 * outcome.model_seconds, summary=summary.text, input_tokens=summary.input_tokens, output_tokens=summary.output_tokens,
         )  # fmt: skip
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", response_model=list[VariantInfo])
     async def models(self) -> list[dict]:
         infos = []
         for route, variants in self.servers.items():

@@ -64,6 +64,8 @@ class VariantInfo(BaseModel):
     flops_ratio: float | None
     device: str
     runtime: str
+    batching: dict[str, float]
+    replica_pid: int
 
 
 class ErrorBody(BaseModel):

@@ -201,3 +201,24 @@ def test_past_the_deadline_is_504(tight):
     assert response.status_code == 504 and "deadline" in response.json()["error"]
     # The replica survives: the next request with a normal deadline on the other app still works.
     assert httpx.post(f"{URL}/tight/v1/summarize", json={"text": _CORPUS[0]}, timeout=30).status_code == 200
+
+
+def test_new_batching_knobs_reach_the_replicas(served):
+    """Knobs travel in user_config → `reconfigure`. (`serve deploy` of an edited config file applies such a
+    change in place; `serve.run` from Python, used here, may also restart replicas, so the pid is not checked.)"""
+    from ray import serve
+
+    from service.app import build_app
+
+    def qa_dense():
+        return next(m for m in httpx.get(f"{URL}/v1/models").json() if (m["task"], m["variant"]) == ("qa", "dense"))
+
+    before = qa_dense()
+    assert before["batching"]["max_batch_size"] == 8
+    changed = {**served, "qa": {**served["qa"], "variants": {**served["qa"]["variants"]}}}
+    changed["qa"]["variants"]["dense"] = {**served["qa"]["variants"]["dense"],
+                                          "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}}  # fmt: skip
+    serve.run(build_app(changed), name="blockserve", route_prefix="/")
+    after = qa_dense()
+    assert after["batching"]["max_batch_size"] == 2 and after["batching"]["batch_wait_timeout_s"] == 0.05
+    serve.run(build_app(served), name="blockserve", route_prefix="/")  # back to the module's config

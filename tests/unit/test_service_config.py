@@ -33,6 +33,10 @@ def test_minimal_config_fills_defaults():
         ({"variants": {}}, "qa.variants"),
         ({"generation": {"min_new_tokens": 9, "max_new_tokens": 8}}, "min_new_tokens (9) exceeds"),
         ({"unknown": 1}, "qa.unknown"),
+        (
+            {"variants": {"dense": {"checkpoint": "x", "max_ongoing_requests": 4}}, "default_variant": "dense"},
+            "max_ongoing_requests (4) is below batching.max_batch_size (8)",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(overrides, message):
