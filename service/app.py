@@ -46,7 +46,8 @@ def build_app(args: dict[str, Any]) -> Application:
                     task.generation.model_dump(),
                 )
             )
-    return Ingress.options(name="ingress").bind(config.model_dump(), servers)
+    # The ingress only validates and routes: it reserves no CPU the model replicas could use.
+    return Ingress.options(name="ingress", ray_actor_options={"num_cpus": 0}).bind(config.model_dump(), servers)
 
 
 def read_serve_config(path: str | Path) -> tuple[dict[str, Any], AppConfig]:

@@ -64,7 +64,7 @@ class VariantInfo(BaseModel):
     flops_ratio: float | None
     device: str
     runtime: str
-    batching: dict[str, float]
+    batching: dict[str, int | float]
     replica_pid: int
 
 
