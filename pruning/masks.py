@@ -45,6 +45,7 @@ class MaskedLinear(nn.Module):
         *,
         tied_to: MaskedLinear | None = None,
         initial_score: float = 0.0,
+        tie_seed: int = 0,
     ) -> None:
         super().__init__()
         out_features, in_features = linear.weight.shape
@@ -57,6 +58,10 @@ class MaskedLinear(nn.Module):
         if tied_to is None:
             shape = (out_features // block_rows, in_features // block_cols)
             self.scores = nn.Parameter(torch.full(shape, initial_score, device=linear.weight.device))
+            # Equal scores (all start equal; blocks without gradient stay so) would make a top-k threshold
+            # keep every tied block. A fixed offset far below any learning step makes all scores distinct.
+            generator = torch.Generator().manual_seed(tie_seed)
+            self.register_buffer("tie_break", torch.rand(shape, generator=generator).to(linear.weight.device) * 1e-6)
             self._owner: tuple[MaskedLinear, ...] = ()
         else:
             self.scores = None
@@ -67,7 +72,9 @@ class MaskedLinear(nn.Module):
 
     def block_scores(self) -> torch.Tensor:
         """Scores shaped like this layer's blocks (the owner's, transposed, when tied)."""
-        return self._owner[0].scores.t() if self._owner else self.scores
+        if self._owner:
+            return self._owner[0].block_scores().t()
+        return self.scores + self.tie_break
 
     def block_mask(self) -> torch.Tensor:
         """The binary block mask (no gradient)."""

@@ -70,7 +70,8 @@ class MaskGroup:
     members: list[MaskedLinear] = field(default_factory=list)  # owners and layers tied to them
 
     def scores(self) -> torch.Tensor:
-        return torch.cat([owner.scores.reshape(-1) for owner in self.owners])
+        """The scores the masks compare (tie-breaking offsets included)."""
+        return torch.cat([owner.block_scores().reshape(-1) for owner in self.owners])
 
     def density(self) -> float:
         """Fraction of this group's masked weights that are kept."""
@@ -120,6 +121,7 @@ class MovementPruner:
         self.lambda_schedule = CubicSchedule(0.0, 1.0, total_steps, warmup, hold)  # × each group's λ
         self.groups: dict[str, MaskGroup] = {}
         self.layers: list[_LayerMasks] = []
+        self._tie_seeds: list[str] = []  # one seed per masked layer, in attach order: reproducible runs
         self._attach()
 
     # ---- construction -------------------------------------------------------------------------
@@ -150,8 +152,13 @@ class MovementPruner:
         def mask(path: str, group: MaskGroup, block: tuple[int, int], tied_to: MaskedLinear | None = None):
             try:
                 masked = MaskedLinear(
-                    layer.get_submodule(path), *block, tied_to=tied_to, initial_score=self.settings.initial_score
+                    layer.get_submodule(path),
+                    *block,
+                    tied_to=tied_to,
+                    initial_score=self.settings.initial_score,
+                    tie_seed=len(self._tie_seeds),
                 )
+                self._tie_seeds.append(path)
             except ValueError as error:
                 raise PlanError(f"{stack.name} layer {index} {path}: {error}") from None
             _replace(layer, path, masked)
