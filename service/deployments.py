@@ -22,9 +22,10 @@ from ray import serve
 
 from pruning.checkpoint import load_checkpoint
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
+from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
-from service.qa_engine import InputTooLong, QAEngine, QAInput, onnx_forward, torch_forward
-from service.summarize_engine import SettingsTooHigh, SummarizeEngine, SummaryInput
+from service.qa_engine import QAEngine, QAInput, onnx_forward, torch_forward
+from service.summarize_engine import SummarizeEngine, SummaryInput
 
 log = logging.getLogger(__name__)
 COLLECTOR_NAME = "blockserve-metrics"

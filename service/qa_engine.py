@@ -16,18 +16,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pruning.tasks.qa import MODEL_INPUTS, Span, candidate_spans
 from service.config import LimitsConfig
+from service.errors import InputTooLong
 
 # (input arrays by name) → (start logits, end logits), each (windows, tokens)
 Forward = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 N_BEST = 20
-
-
-class InputTooLong(ValueError):
-    """A request over the configured token limits (HTTP 413)."""
-
-    def __init__(self, what: str, tokens: int, limit: int) -> None:
-        super().__init__(f"{what} has {tokens} tokens; the limit is {limit}")
-        self.tokens, self.limit = tokens, limit
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from service.config import GenerationConfig, LimitsConfig
-from service.qa_engine import InputTooLong
-
-
-class SettingsTooHigh(ValueError):
-    """A request asked for more than the configuration allows (HTTP 422)."""
+from service.errors import InputTooLong, SettingsTooHigh
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@ import pytest
 from pruning.checkpoint import load_checkpoint
 from pruning.tasks.qa import QAExample, QuestionAnsweringTask
 from service.config import LimitsConfig
-from service.qa_engine import InputTooLong, QAEngine, QAInput, torch_forward
+from service.errors import InputTooLong
+from service.qa_engine import QAEngine, QAInput, torch_forward
 from tests.factories import _CORPUS
 
 LONG_CONTEXT = " ".join(_CORPUS * 3)  # several windows of 48 tokens

@@ -2,8 +2,8 @@ import pytest
 
 from pruning.checkpoint import load_checkpoint
 from service.config import GenerationConfig, LimitsConfig
-from service.qa_engine import InputTooLong
-from service.summarize_engine import SettingsTooHigh, SummarizeEngine, SummaryInput
+from service.errors import InputTooLong, SettingsTooHigh
+from service.summarize_engine import SummarizeEngine, SummaryInput
 from tests.factories import _CORPUS
 
 
