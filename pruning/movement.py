@@ -16,6 +16,7 @@ masks into plain linear layers, ready for `compact.compact_model`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -121,7 +122,7 @@ class MovementPruner:
         self.lambda_schedule = CubicSchedule(0.0, 1.0, total_steps, warmup, hold)  # × each group's λ
         self.groups: dict[str, MaskGroup] = {}
         self.layers: list[_LayerMasks] = []
-        self._tie_seeds: list[str] = []  # one seed per masked layer, in attach order: reproducible runs
+        self._tie_seeds = itertools.count()  # one seed per masked layer, in attach order: reproducible runs
         self._attach()
 
     # ---- construction -------------------------------------------------------------------------
@@ -156,9 +157,8 @@ class MovementPruner:
                     *block,
                     tied_to=tied_to,
                     initial_score=self.settings.initial_score,
-                    tie_seed=len(self._tie_seeds),
+                    tie_seed=next(self._tie_seeds),
                 )
-                self._tie_seeds.append(path)
             except ValueError as error:
                 raise PlanError(f"{stack.name} layer {index} {path}: {error}") from None
             _replace(layer, path, masked)

@@ -82,8 +82,6 @@ def prune_movement(
     )
 
     scores: dict[str, Any] = {"data": str(eval_file)}
-    if recipe.evaluate_teacher:
-        scores["teacher"] = evaluate_model(teacher_checkpoint.model, tokenizer, task, evaluation, label=str(teacher))
     method: dict[str, Any] = {
         "name": "movement",
         "hybrid_filled": recipe.fill is not None,
@@ -100,6 +98,10 @@ def prune_movement(
         student, plan = pruned.model, pruned.manifest.plan
         method, scores = pruned.manifest.method, pruned.manifest.evaluation
     else:
+        if recipe.evaluate_teacher:  # on resume its score is already in the pruned stage's manifest
+            scores["teacher"] = evaluate_model(
+                teacher_checkpoint.model, tokenizer, task, evaluation, label=str(teacher)
+            )
         student, plan, facts = _prune_stage(
             teacher_checkpoint.model, task, tokenizer, features, periodic, recipe, workdir, resume
         )
