@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench movement-qa movement-bart lint clean
+.PHONY: install test test-fast demo bench movement-qa movement-bart posttrain-qa lint clean
 
 install: $(STAMP)
 
@@ -80,6 +80,27 @@ movement-bart: $(STAMP)
 	cp $(BART)-pruned/history.jsonl $(MOVEMENT)/bart-small-history.jsonl
 	cp $(BART)-pruned/training.png $(MOVEMENT)/bart-small-training.png
 	cp $(BART)-dense/training.json $(MOVEMENT)/bart-small-teacher.json
+
+# Post-training pruning of the shared MiniLM to latency budgets on this machine (BENCHMARKS.md;
+# ~30 minutes on 2 CPU cores, most of it scoring the dense model and each pruned one on dev.json).
+# The latency model is measured once (with 5 random plans to check its predictions), then cached.
+POSTTRAIN := benchmarks/posttrain
+PT_OUT := artifacts/posttrain
+MINILM := $(SHARED)/models/minilm-l6-squad
+PT_SHAPE := --seq 384 --batch 1 --repeats 20 --latency-cache $(PT_OUT)/latency-cache
+posttrain-qa: $(STAMP)
+	mkdir -p $(POSTTRAIN) $(PT_OUT)
+	$(BIN)/blockserve latency --model $(MINILM) $(PT_SHAPE) --refresh --check 5 --json $(POSTTRAIN)/latency-model.json
+	set -e; for speedup in 1.5 2.0; do for importance in fisher magnitude random; do \
+		name=minilm-$$importance-$$speedup; \
+		$(BIN)/blockserve prune --method posttrain --model $(MINILM) --calib $(SQUAD)/train.json \
+			--eval $(SQUAD)/dev.json --speedup $$speedup --importance $$importance $(PT_SHAPE) --out $(PT_OUT)/$$name; \
+		$(BIN)/blockserve bench --model $(PT_OUT)/$$name --seq 384 --batch 1 --repeats 30 \
+			--json $(POSTTRAIN)/$$name-bench.jsonl; \
+		cp $(PT_OUT)/$$name/blockserve.json $(POSTTRAIN)/$$name-manifest.json; \
+		cp $(PT_OUT)/$$name/posttrain.png $(POSTTRAIN)/$$name.png; \
+	done; done
+	$(BIN)/python benchmarks/posttrain_table.py $(POSTTRAIN)
 
 lint: $(STAMP)
 	$(BIN)/ruff check pruning service loadtests tests

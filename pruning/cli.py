@@ -160,6 +160,78 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
+    needed = {"movement": ("teacher", "train", "eval"), "posttrain": ("model", "calib")}[args.method]
+    missing = [f"--{name}" for name in needed if getattr(args, name) is None]
+    if missing:
+        raise BlockserveError(f"--method {args.method} needs {', '.join(missing)}")
+    if args.method == "posttrain":
+        _prune_posttrain(args)
+    else:
+        _prune_movement(args)
+
+
+def _prune_posttrain(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from pruning.plan import describe_validation_error
+    from pruning.posttrain import PosttrainSettings, parse_budget, prune_posttrain
+
+    try:
+        settings = PosttrainSettings(
+            **parse_budget(args.speedup, args.latency_ms),
+            importance=args.importance,
+            calib_samples=args.calib_samples,
+            tune=args.tune,
+            tune_samples=args.tune_samples,
+            batch=args.batch,
+            seq=args.seq,
+            new_tokens=args.new_tokens,
+            runtime=args.runtime,
+            device=args.device,
+            threads=args.threads,
+            repeats=args.repeats,
+            seed=args.seed,
+            task_settings=_task_settings(args),
+            eval_limit=args.eval_limit,
+        )
+    except ValidationError as error:
+        raise BlockserveError(describe_validation_error(error)) from None
+    manifest = prune_posttrain(
+        args.model,
+        args.calib,
+        args.out,
+        settings,
+        eval_file=args.eval,
+        latency_cache=args.latency_cache,
+        refresh_latency=args.refresh_latency,
+    )
+    method = manifest.method
+    predicted, measured = method["predicted"], method["measured"]
+    print(
+        f"wrote {args.out}: {method['importance']} importance, budget {method['budget']['latency_ms']:.1f} ms "
+        f"({settings.runtime}, {method['budget']['device']}), pruning took {method['seconds']['total_pruning']:.0f} s"
+    )
+    print(
+        f"  latency: dense {measured['dense_ms']:.1f} ms → compact {measured['compact_ms']:.1f} ms, "
+        f"measured speedup {measured['speedup']:.2f}× (predicted {predicted['speedup']:.2f}×)"
+    )
+    _print_plan_and_scores(manifest, ("dense", "pruned"))
+
+
+def _print_plan_and_scores(manifest, names: tuple[str, ...]) -> None:
+    for stack, counts in manifest.plan.summary().items():
+        print(
+            f"  {stack}: heads {counts['heads_kept']}/{counts['heads_total']}, "
+            f"FFN units {counts['ffn_units_kept']}/{counts['ffn_units_total']}"
+        )
+    for name in names:
+        if name in manifest.evaluation:
+            scores = manifest.evaluation[name]
+            metrics = {k: round(v, 2) for k, v in scores.items() if isinstance(v, float) and k != "seconds"}
+            print(f"  {name}: {metrics}")
+
+
+def _prune_movement(args: argparse.Namespace) -> None:
     from pruning.movement import MovementSettings
     from pruning.prune import MovementRecipe, prune_movement
 
@@ -197,19 +269,10 @@ def cmd_prune(args: argparse.Namespace) -> None:
         device=args.device,
         resume=args.resume,
     )
-    evaluation = manifest.evaluation
     print(
         f"wrote {args.out}: density {manifest.method['final_density']:.3f}, FLOPs ratio {manifest.stats.flops_ratio:.2f}"
     )
-    for stack, counts in manifest.plan.summary().items():
-        print(
-            f"  {stack}: heads {counts['heads_kept']}/{counts['heads_total']}, "
-            f"FFN units {counts['ffn_units_kept']}/{counts['ffn_units_total']}"
-        )
-    for name in ("teacher", "pruned", "filled"):
-        if name in evaluation:
-            metrics = {k: round(v, 2) for k, v in evaluation[name].items() if isinstance(v, float) and k != "seconds"}
-            print(f"  {name}: {metrics}")
+    _print_plan_and_scores(manifest, ("teacher", "pruned", "filled"))
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -306,6 +369,55 @@ def _bench_subject(args: argparse.Namespace):
     return dense, plan, arch
 
 
+def cmd_latency(args: argparse.Namespace) -> None:
+    from pruning.checkpoint import load_checkpoint
+    from pruning.latency import LatencySettings, check_predictions, latency_table, random_plans
+    from pruning.presets import build_preset
+    from pruning.runners import Shape
+    from pruning.structure import geometry_of, spec_for_config, task_of
+
+    if args.arch:
+        dense = build_preset(args.arch)
+    else:
+        checkpoint = load_checkpoint(args.model)
+        if checkpoint.is_compact:
+            raise BlockserveError(f"{args.model} is compact; the latency model is measured on the dense model")
+        dense = checkpoint.model
+    task = task_of(dense)
+    default_seq = spec_for_config(dense.config).tasks[task].default_workload.source_len
+    shape = Shape(args.batch, args.seq or default_seq, args.new_tokens if task == "summarization" else 0)
+    settings = LatencySettings(
+        shape=shape, runtime=args.runtime, device=args.device, repeats=args.repeats, threads=args.threads
+    )
+    table, cached = latency_table(dense, settings, args.latency_cache, refresh=args.refresh)
+    print(
+        f"latency model ({'cached' if cached else f'measured in {table.seconds:.0f} s'}): dense {table.dense_ms:.1f} ms "
+        f"at {shape.describe()}, {table.key.runtime} on {table.key.device}, {table.key.threads} threads"
+    )
+    for name, curve in table.curves.items():
+        half = curve.at(curve.counts[-1] / 2)
+        print(f"  {name}: per layer {curve.fitted_ms[0]:+.2f} ms with none kept, {half:+.2f} ms with half")
+    result = {"table": json.loads(table.model_dump_json()), "cached": cached, "checks": []}
+    if args.check:
+        checks = check_predictions(
+            dense, table, random_plans(geometry_of(dense.config), args.check, args.seed), settings
+        )
+        for check in checks:
+            print(
+                f"  random plan ({check.plan}): predicted {check.predicted_ms:.1f} ms, "
+                f"measured {check.measured_ms:.1f} ms, error {check.error:+.1%}"
+            )
+        errors = [abs(check.error) for check in checks]
+        print(f"  mean |error| {sum(errors) / len(errors):.1%}, max {max(errors):.1%} over {len(checks)} random plans")
+        result["checks"] = [check.model_dump() for check in checks]
+    if args.json == "-":
+        print(json.dumps(result, indent=1))
+    elif args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from service.demo import run_demo
 
@@ -324,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_finetune(commands)
     _add_prune(commands)
+    _add_latency(commands)
 
     evaluate = commands.add_parser("evaluate", help="score a dense or compact checkpoint on a data file")
     evaluate.add_argument("--model", type=_existing_dir, required=True, help="checkpoint directory or hub id")
@@ -450,19 +563,63 @@ def _add_finetune(commands) -> None:
     finetune.set_defaults(run=cmd_finetune)
 
 
+def _add_latency(commands) -> None:
+    latency = commands.add_parser(
+        "latency", help="measure (or show the cached) latency model of a dense model; check it on random plans"
+    )
+    source = latency.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=_existing_dir, help="dense checkpoint directory or hub id")
+    source.add_argument("--arch", help="built-in architecture preset (random weights)")
+    latency.add_argument("--seq", type=_positive_int, help="request tokens (default: the task's, 384/512)")
+    latency.add_argument("--batch", type=_positive_int, default=1)
+    latency.add_argument("--new-tokens", type=_positive_int, default=32, help="summarization: generated tokens")
+    latency.add_argument("--runtime", choices=("torch", "onnx"), default="torch")
+    latency.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    latency.add_argument("--threads", type=_positive_int)
+    latency.add_argument("--repeats", type=_positive_int, default=10)
+    latency.add_argument("--check", type=int, default=0, help="measure N random plans against the prediction")
+    latency.add_argument("--seed", type=int, default=0, help="seed of the random plans")
+    latency.add_argument("--latency-cache", help="cache directory (default ~/.cache/blockserve/latency)")
+    latency.add_argument("--refresh", action="store_true", help="re-measure even if cached")
+    latency.add_argument("--json", help="write the table and checks to PATH ('-' for stdout)")
+    latency.set_defaults(run=cmd_latency)
+
+
 def _add_prune(commands) -> None:
     prune = commands.add_parser(
         "prune",
-        help="block movement pruning with distillation → compact checkpoint",
-        description="Needs only --teacher, --train, --eval and --out; the rest follows the paper's recipe.",
+        help="prune a fine-tuned model → compact checkpoint (movement pruning, or post-training to a latency budget)",
+        description=(
+            "movement (the paper): --teacher, --train, --eval, --out; the rest follows the paper's recipe. "
+            "posttrain (minutes, no training): --model, --calib, --speedup or --latency-ms, --out."
+        ),
     )
-    prune.add_argument("--method", choices=("movement",), default="movement")
-    prune.add_argument("--teacher", type=_existing_dir, required=True, help="dense fine-tuned checkpoint")
-    prune.add_argument("--train", type=_existing_file, required=True, help="training data file")
-    prune.add_argument("--eval", type=_existing_file, required=True, help="evaluation data file")
+    prune.add_argument("--method", choices=("movement", "posttrain"), default="movement")
+    prune.add_argument("--teacher", type=_existing_dir, help="movement: dense fine-tuned checkpoint")
+    prune.add_argument("--train", type=_existing_file, help="movement: training data file")
+    prune.add_argument("--eval", type=_existing_file, help="evaluation data file (optional for posttrain)")
     prune.add_argument("--out", required=True, help="output directory (compact format v1)")
-    prune.add_argument("--workdir", help="resumable state, history (default: OUT.work next to OUT)")
-    masks = prune.add_argument_group("masks")
+    prune.add_argument("--workdir", help="movement: resumable state, history (default: OUT.work next to OUT)")
+    post = prune.add_argument_group("posttrain")
+    post.add_argument("--model", type=_existing_dir, help="dense fine-tuned checkpoint")
+    post.add_argument("--calib", type=_existing_file, help="calibration data (task format, labelled)")
+    post.add_argument("--speedup", type=_positive_float, help="budget: dense latency / this")
+    post.add_argument("--latency-ms", type=_positive_float, help="budget: this many milliseconds per request")
+    post.add_argument("--importance", choices=("fisher", "magnitude", "random"), default="fisher")
+    post.add_argument("--calib-samples", type=_positive_int, default=512, help="calibration examples (default 512)")
+    post.add_argument(
+        "--tune", action=argparse.BooleanOptionalAction, default=True, help="mask tuning by least squares (default on)"
+    )
+    post.add_argument("--tune-samples", type=_positive_int, default=64, help="features used by mask tuning")
+    post.add_argument("--seq", type=_positive_int, help="request tokens the budget is for (default: task's, 384/512)")
+    post.add_argument("--batch", type=_positive_int, default=1, help="requests per batch the budget is for")
+    post.add_argument("--new-tokens", type=_positive_int, default=32, help="summarization: generated tokens")
+    post.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="runtime the budget is for")
+    post.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's)")
+    post.add_argument("--repeats", type=_positive_int, default=10, help="timed repeats per latency measurement")
+    post.add_argument("--latency-cache", help="latency model cache (default ~/.cache/blockserve/latency)")
+    post.add_argument("--refresh-latency", action="store_true", help="re-measure even if a cached model exists")
+    masks = prune.add_argument_group("movement masks")
     masks.add_argument(
         "--block", type=_block, default="32x32", help="'RxC' blocks (R along the head axis) or 'head' (default 32x32)"
     )

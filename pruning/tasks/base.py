@@ -32,6 +32,9 @@ class Task(Protocol):
     def distillation_logits(self, outputs: ModelOutput, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits whose last dim is a distribution, mask of the positions that count or None)."""
 
+    def example_losses(self, outputs: ModelOutput, batch: Batch) -> torch.Tensor:
+        """The task loss of each example of the batch, shape (batch,): gradients per example need it."""
+
     def predict(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: list[Any], progress: bool = True
     ) -> dict[str, str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
@@ -171,6 +172,12 @@ class QuestionAnsweringTask:
     def distillation_logits(self, outputs: ModelOutput, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Start and end are two distributions over the window's positions.
         return torch.stack([outputs.start_logits, outputs.end_logits], dim=1), None
+
+    def example_losses(self, outputs: ModelOutput, batch: Batch) -> torch.Tensor:
+        # What BertForQuestionAnswering averages over the batch, kept per example.
+        start = F.cross_entropy(outputs.start_logits, batch["start_positions"], reduction="none")
+        end = F.cross_entropy(outputs.end_logits, batch["end_positions"], reduction="none")
+        return (start + end) / 2
 
     @torch.no_grad()
     def predict(

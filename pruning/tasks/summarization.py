@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from rouge_score import rouge_scorer
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -136,6 +137,13 @@ class SummarizationTask:
 
     def distillation_logits(self, outputs: ModelOutput, batch: Batch) -> tuple[torch.Tensor, torch.Tensor | None]:
         return outputs.logits, batch["labels"] != -100
+
+    def example_losses(self, outputs: ModelOutput, batch: Batch) -> torch.Tensor:
+        # Mean token cross-entropy of each summary (padding excluded), as the model's loss is per batch.
+        labels = batch["labels"]
+        tokens = F.cross_entropy(outputs.logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        counted = (labels != -100).sum(dim=1).clamp(min=1)
+        return tokens.sum(dim=1) / counted
 
     @torch.no_grad()
     def generate(

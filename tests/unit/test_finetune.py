@@ -7,7 +7,6 @@ from transformers import BertConfig, BertModel
 from pruning.checkpoint import load_checkpoint
 from pruning.cli import main
 from pruning.errors import CheckpointError
-from tests.unit.test_prune_e2e import squad_file  # noqa: F401 (fixture)
 
 
 def test_finetune_trains_writes_a_loadable_teacher_and_its_results(dense_bert_dir, squad_file, tmp_path, capsys):  # noqa: F811

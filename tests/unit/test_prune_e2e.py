@@ -14,37 +14,6 @@ from pruning.training import Trainer, TrainSettings
 from tests.factories import _CORPUS
 
 
-@pytest.fixture(scope="module")
-def squad_file(tmp_path_factory):
-    """A SQuAD v1.1 file whose answers are real spans of the corpus sentences."""
-    questions = [("What is it?", 3), ("Where is it?", 7), ("Which one?", 1), ("Who did it?", 5)]
-    paragraphs = []
-    for index, context in enumerate(_CORPUS):
-        words = context.split()
-        qas = []
-        for number, (question, start_word) in enumerate(questions):
-            answer = " ".join(words[start_word : start_word + 2])
-            qas.append(
-                {
-                    "id": f"{index}-{number}",
-                    "question": question,
-                    "answers": [{"text": answer, "answer_start": context.index(answer)}],
-                }
-            )
-        paragraphs.append({"context": context, "qas": qas})
-    path = tmp_path_factory.mktemp("squad") / "tiny-squad.json"
-    path.write_text(json.dumps({"data": [{"title": "tiny", "paragraphs": paragraphs}]}))
-    return path
-
-
-@pytest.fixture(scope="module")
-def summaries_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("summaries") / "tiny.jsonl"
-    rows = [{"id": str(i), "article": " ".join(_CORPUS[i:] + _CORPUS[:i]), "highlights": _CORPUS[i]} for i in range(5)]
-    path.write_text("\n".join(json.dumps(row) for row in rows) + "\n")
-    return path
-
-
 def _train_with_masks(model, tokenizer, task, data_file, settings, workdir, steps=8):
     features = task.train_features(tokenizer, task.load(data_file))
     train = TrainSettings(max_steps=steps, batch_size=4, learning_rate=1e-3, distill_alpha=0.5, log_every=2)

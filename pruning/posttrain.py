@@ -1,0 +1,323 @@
+"""`blockserve prune --method posttrain`: prune a fine-tuned model in minutes, to a latency budget.
+
+1. Importance of every head and FFN unit on calibration data (`pruning.importance`).
+2. The latency model of this device/runtime/request shape, measured or from the cache
+   (`pruning.latency`); the budget is `dense / speedup` or an absolute `latency_ms`.
+3. Search: per-layer counts maximising kept importance with predicted latency ≤ budget
+   (`pruning.search`); compaction to that plan.
+4. Mask tuning: least-squares rescaling of the kept units against the dense layer outputs
+   (`pruning.mask_tuning`). No gradient training anywhere.
+5. Measure dense vs compact latency at the budget's shape (same process, same inputs, interleaved),
+   optionally evaluate both, and write format v1 whose `method` records the budget, predicted and
+   measured latency, and the time each phase took.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from pruning.checkpoint import Manifest, load_checkpoint, save_compact
+from pruning.compact import compact_model
+from pruning.errors import CheckpointError, PlanError
+from pruning.evaluate import checkpoint_tokenizer, evaluate_model
+from pruning.importance import compute_importance
+from pruning.latency import LatencySettings, LatencyTable, latency_table
+from pruning.mask_tuning import tune_masks
+from pruning.runners import Shape, make_runner, random_inputs
+from pruning.search import SearchResult, search_plan
+from pruning.structure import geometry_of, spec_for_config, task_of
+from pruning.tasks import make_task
+from pruning.timing import time_interleaved
+
+log = logging.getLogger(__name__)
+
+
+class PosttrainSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    importance: Literal["fisher", "magnitude", "random"] = "fisher"
+    speedup: float | None = None  # budget = dense latency / speedup ...
+    latency_ms: float | None = None  # ... or an absolute budget
+    calib_samples: int = 512  # calibration examples for the importance
+    tune: bool = True
+    tune_samples: int = 64  # calibration features for mask tuning
+    ridge: float = 1e-2
+    batch: int = 1  # the request shape the budget is for
+    seq: int | None = None  # default: the task's default workload
+    new_tokens: int = 32  # summarization: tokens generated per request
+    runtime: Literal["torch", "onnx"] = "torch"
+    device: str = "cpu"
+    threads: int | None = None
+    repeats: int = 10  # timed repeats per latency probe and for the final measurement
+    seed: int = 0
+    task_settings: dict[str, Any] = {}
+    eval_limit: int | None = None
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> PosttrainSettings:
+        if (self.speedup is None) == (self.latency_ms is None):
+            raise ValueError("give exactly one budget: speedup or latency_ms")
+        if self.speedup is not None and self.speedup < 1.0:
+            raise ValueError(f"speedup must be ≥ 1 (got {self.speedup})")
+        if self.latency_ms is not None and self.latency_ms <= 0:
+            raise ValueError(f"latency_ms must be positive (got {self.latency_ms})")
+        return self
+
+    def shape(self, task: str, default_seq: int) -> Shape:
+        return Shape(self.batch, self.seq or default_seq, self.new_tokens if task == "summarization" else 0)
+
+
+def measure_speedup(dense, compact, shape: Shape, settings: PosttrainSettings) -> tuple[float, float]:
+    """(dense ms, compact ms): medians of interleaved runs on the same inputs, after warm-up."""
+    task = task_of(dense)
+    inputs = random_inputs(dense, shape, settings.device, seed=1)  # not the probes' inputs
+    with tempfile.TemporaryDirectory() as scratch:
+        runners = {
+            name: make_runner(
+                model,
+                task,
+                inputs,
+                shape,
+                settings.runtime,
+                scratch=Path(scratch),
+                name=name,
+                device=settings.device,
+                threads=settings.threads,
+            )
+            for name, model in (("dense", dense), ("compact", compact))
+        }
+        with torch.inference_mode():
+            timings = time_interleaved(runners, warmup=3, repeats=max(settings.repeats, 10))
+    return timings["dense"].median_ms, timings["compact"].median_ms
+
+
+def prune_posttrain(
+    model_dir: str | Path,
+    calib_file: str | Path,
+    out_dir: str | Path,
+    settings: PosttrainSettings,
+    *,
+    eval_file: str | Path | None = None,
+    latency_cache: str | Path | None = None,
+    refresh_latency: bool = False,
+) -> Manifest:
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+
+    def lap(name: str, since: float) -> float:
+        now = time.perf_counter()
+        seconds[name] = round(now - since, 1)
+        return now
+
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    checkpoint = load_checkpoint(model_dir, device=settings.device)
+    if checkpoint.is_compact:
+        raise CheckpointError(f"{model_dir} is already compact; post-training pruning starts from a dense model")
+    dense = checkpoint.model.eval()
+    task_name = task_of(dense)
+    task = make_task(task_name, **settings.task_settings)
+    tokenizer = checkpoint_tokenizer(checkpoint)
+    geometry = geometry_of(dense.config)
+    shape = settings.shape(task_name, spec_for_config(dense.config).tasks[task_name].default_workload.source_len)
+
+    examples = task.load(Path(calib_file), settings.calib_samples)
+    features = task.train_features(tokenizer, examples)
+    log.info("calibration: %d examples → %d features from %s", len(examples), len(features), calib_file)
+    now = lap("load", started)
+
+    importance = compute_importance(settings.importance, dense, task, tokenizer, features, seed=settings.seed)
+    now = lap("importance", now)
+
+    latency_settings = LatencySettings(
+        shape=shape,
+        runtime=settings.runtime,
+        device=settings.device,
+        repeats=settings.repeats,
+        threads=settings.threads,
+    )
+    table, cached = latency_table(dense, latency_settings, latency_cache, refresh=refresh_latency)
+    now = lap("latency_model", now)
+
+    budget = settings.latency_ms if settings.latency_ms is not None else table.dense_ms / settings.speedup
+    result = search_plan(geometry, importance, table, budget)
+    log.info(
+        "plan: predicted %.1f ms (budget %.1f, dense %.1f, predicted speedup %.2f×), %.1f%% of %s importance kept",
+        result.predicted_ms,
+        budget,
+        table.dense_ms,
+        result.predicted_speedup,
+        100 * result.kept_importance,
+        importance.method,
+    )
+    compact = compact_model(copy.deepcopy(dense), result.plan).eval()
+    now = lap("search_and_compact", now)
+
+    tuning = []
+    if settings.tune:
+        tuning = tune_masks(compact, dense, task, tokenizer, features[: settings.tune_samples], ridge=settings.ridge)
+    now = lap("mask_tuning", now)
+
+    dense_ms, compact_ms = measure_speedup(dense, compact, shape, settings)
+    now = lap("measure", now)
+    seconds["total_pruning"] = round(now - started, 1)
+    log.info("measured: dense %.1f ms, compact %.1f ms, speedup %.2f×", dense_ms, compact_ms, dense_ms / compact_ms)
+
+    evaluation: dict[str, Any] = {}
+    if eval_file is not None:
+        eval_examples = task.load(Path(eval_file), settings.eval_limit)
+        evaluation = {
+            "data": str(eval_file),
+            "dense": evaluate_model(dense, tokenizer, task, eval_examples, label="dense"),
+            "pruned": evaluate_model(compact, tokenizer, task, eval_examples, label="pruned"),
+            "result": "pruned",
+        }
+        seconds["evaluation"] = round(time.perf_counter() - now, 1)
+
+    method = _method_record(
+        settings,
+        calib_file,
+        len(examples),
+        len(features),
+        model_dir,
+        result,
+        table,
+        cached,
+        dense_ms,
+        compact_ms,
+        tuning,
+        seconds,
+    )
+    manifest = save_compact(
+        compact, result.plan, out_dir, source=str(model_dir), tokenizer=tokenizer, method=method, evaluation=evaluation
+    )
+    out_dir = Path(out_dir)
+    (out_dir / "importance.json").write_text(json.dumps(importance.to_dict()))
+    (out_dir / "latency_model.json").write_text(table.model_dump_json(indent=1))
+    plot_posttrain(result, table, out_dir / "posttrain.png", title=f"{Path(model_dir).name} → {out_dir.name}")
+    return manifest
+
+
+def _method_record(
+    settings,
+    calib_file,
+    n_examples,
+    n_features,
+    model_dir,
+    result: SearchResult,
+    table: LatencyTable,
+    cached,
+    dense_ms,
+    compact_ms,
+    tuning,
+    seconds,
+) -> dict[str, Any]:
+    improved = [t for t in tuning if t.error_after < t.error_before]
+    return {
+        "name": "posttrain",
+        "model": str(model_dir),
+        "importance": settings.importance,
+        "calib_file": str(calib_file),
+        "calib_examples": n_examples,
+        "calib_features": n_features,
+        "budget": {
+            "speedup": settings.speedup,
+            "latency_ms": round(result.budget_ms, 3),
+            "batch": table.key.batch,
+            "seq": table.key.seq,
+            "new_tokens": table.key.new_tokens,
+            "runtime": table.key.runtime,
+            "device": table.key.device,
+            "threads": table.key.threads,
+        },
+        "predicted": {
+            "dense_ms": round(table.dense_ms, 3),
+            "compact_ms": round(result.predicted_ms, 3),
+            "speedup": round(result.predicted_speedup, 4),
+            "floor_ms": round(result.floor_ms, 3),
+            "kept_importance": round(result.kept_importance, 4),
+            "latency_model": {"cached": cached, "probes_seconds": table.seconds, "key": table.key.digest()},
+        },
+        "measured": {
+            "dense_ms": round(dense_ms, 3),
+            "compact_ms": round(compact_ms, 3),
+            "speedup": round(dense_ms / compact_ms, 4),
+        },
+        "mask_tuning": {
+            "enabled": settings.tune,
+            "features": min(settings.tune_samples, n_features) if settings.tune else 0,
+            "ridge": settings.ridge,
+            "groups": len(tuning),
+            "groups_improved": len(improved),
+            "error_before": round(sum(t.error_before for t in tuning), 6),
+            "error_after": round(sum(t.error_after for t in tuning), 6),
+            "per_group": [t.model_dump() for t in tuning],
+        },
+        "seconds": seconds,
+        "settings": json.loads(settings.model_dump_json()),
+    }
+
+
+def plot_posttrain(result: SearchResult, table: LatencyTable, path: Path, title: str) -> None:
+    """Left: what each layer keeps. Right: the latency model's curves (measured points and fit)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    labels, series = [], {}
+    for stack_name, stack in result.plan.stacks.items():
+        for index, layer in enumerate(stack.layers):
+            labels.append(f"{stack_name[:3]}{index}")
+            for block, kept in layer.heads.items():
+                series.setdefault(f"{stack_name}.{block} heads", {})[labels[-1]] = len(kept) / stack.num_heads
+            series.setdefault(f"{stack_name}.ffn units", {})[labels[-1]] = len(layer.ffn_units) / stack.ffn_units
+    width = 0.8 / max(len(series) // max(len(result.plan.stacks), 1), 1)
+    kinds = sorted({name.split(".", 1)[1] for name in series})
+    for offset, kind in enumerate(kinds):
+        xs, ys = [], []
+        for name, values in series.items():
+            if name.split(".", 1)[1] == kind:
+                for label, value in values.items():
+                    xs.append(labels.index(label) + offset * width)
+                    ys.append(value)
+        left.bar(xs, ys, width=width, label=kind)
+    left.set_xticks([i + width * (len(kinds) - 1) / 2 for i in range(len(labels))], labels, fontsize=8)
+    left.set_ylim(0, 1.15)
+    left.set_ylabel("fraction kept")
+    left.set_title(
+        f"plan: predicted {result.predicted_ms:.1f} ms ≤ budget {result.budget_ms:.1f} ms (dense {result.dense_ms:.1f})",
+        fontsize=9,
+    )
+    left.legend(fontsize=8)
+    for name, curve in table.curves.items():
+        size = curve.counts[-1]
+        fractions = [c / size for c in curve.counts]
+        line = right.plot(fractions, curve.fitted_ms, label=name)[0]
+        right.scatter(fractions, curve.measured_ms, s=10, color=line.get_color())
+    right.set_xlabel("fraction of the block's units kept (every layer alike)")
+    right.set_ylabel("latency change per layer (ms)")
+    key = table.key
+    right.set_title(f"latency model: {key.runtime}, b{key.batch} s{key.seq}, {key.device[:40]}", fontsize=9)
+    right.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_budget(speedup: float | None, latency_ms: float | None) -> dict[str, float]:
+    """CLI helper: the budget fields, with the one-line error pydantic would give otherwise."""
+    if (speedup is None) == (latency_ms is None):
+        raise PlanError("give exactly one budget: --speedup X or --latency-ms Y")
+    return {"speedup": speedup} if speedup is not None else {"latency_ms": latency_ms}

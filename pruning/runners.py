@@ -1,0 +1,94 @@
+"""The timed unit of work of a task at a request shape, as a zero-argument callable.
+
+- question-answering: one forward pass over `batch` windows of `seq` tokens (torch eager, or ONNX
+  Runtime on the exported graph);
+- summarization: `generate()` of exactly `new_tokens` tokens per article of `seq` tokens (EOS
+  suppressed until then, greedy), so every candidate does the same number of decoder steps.
+
+Benchmarks and the latency model time candidates built here on the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel
+
+from pruning.errors import UnsupportedModelError
+from pruning.export import EXPORTABLE_TASKS, QA_INPUTS, export_qa_onnx, onnx_session
+
+RUNTIMES = ("torch", "onnx")
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    seq: int
+    new_tokens: int = 0  # summarization only
+
+    def describe(self) -> str:
+        text = f"b{self.batch} s{self.seq}"
+        return f"{text} +{self.new_tokens} tokens" if self.new_tokens else text
+
+
+def random_inputs(model: PreTrainedModel, shape: Shape, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Full-length inputs (no padding); the lowest ids, special tokens in our vocabularies, avoided."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(5, model.config.vocab_size, (shape.batch, shape.seq), generator=generator)
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if getattr(model.config, "type_vocab_size", 0):  # BERT-style segment ids
+        inputs["token_type_ids"] = torch.zeros_like(input_ids)
+    return {name: value.to(device) for name, value in inputs.items()}
+
+
+def make_runner(
+    model: PreTrainedModel,
+    task: str,
+    inputs: dict[str, torch.Tensor],
+    shape: Shape,
+    runtime: str = "torch",
+    *,
+    scratch: Path | None = None,
+    name: str = "model",
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Callable[[], object]:
+    """A callable running the task's timed unit once; ONNX exports `model` into `scratch` first."""
+    if runtime == "onnx":
+        if task not in EXPORTABLE_TASKS:
+            raise UnsupportedModelError(f"ONNX runtime covers {', '.join(EXPORTABLE_TASKS)} only, not {task}")
+        if scratch is None:
+            raise ValueError("the ONNX runtime needs a scratch directory for the exported graph")
+        # No spinning: candidates (and torch) alternate on the same cores while being timed.
+        session = onnx_session(export_qa_onnx(model, Path(scratch) / f"{name}.onnx"), device, threads, spinning=False)
+        feeds = {key: inputs[key].cpu().numpy().astype(np.int64) for key in QA_INPUTS if key in inputs}
+        return lambda: session.run(None, feeds)
+    if runtime != "torch":
+        raise UnsupportedModelError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIMES)})")
+    try:
+        unit = _TORCH_UNITS[task]
+    except KeyError:
+        raise UnsupportedModelError(f"no timed unit for task {task!r} (known: {', '.join(_TORCH_UNITS)})") from None
+    return unit(model, inputs, shape)
+
+
+def _forward(model: PreTrainedModel, inputs: dict[str, torch.Tensor], shape: Shape) -> Callable[[], object]:
+    return lambda: model(**inputs)
+
+
+def _generate(model: PreTrainedModel, inputs: dict[str, torch.Tensor], shape: Shape) -> Callable[[], object]:
+    kwargs = {
+        **inputs,
+        "max_new_tokens": shape.new_tokens,
+        "min_new_tokens": shape.new_tokens,
+        "num_beams": 1,
+        "do_sample": False,
+    }
+    return lambda: model.generate(**kwargs)
+
+
+_TORCH_UNITS = {"question-answering": _forward, "summarization": _generate}

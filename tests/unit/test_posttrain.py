@@ -1,0 +1,394 @@
+"""Post-training pruning: importance, latency model, search, mask tuning, and the pipeline end to end."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pruning.checkpoint import load_checkpoint
+from pruning.cli import main
+from pruning.compact import compact_model
+from pruning.errors import PlanError
+from pruning.importance import Importance, fisher_importance, magnitude_importance, random_importance
+from pruning.latency import (
+    Curve,
+    LatencySettings,
+    LatencyTable,
+    check_predictions,
+    isotonic_increasing,
+    latency_table,
+    load_cached,
+    probe_plan,
+    random_plans,
+    save_cached,
+    table_key,
+)
+from pruning.mask_tuning import _accumulate, solve_scales, tune_masks
+from pruning.plan import PruningPlan
+from pruning.posttrain import PosttrainSettings, prune_posttrain
+from pruning.runners import Shape
+from pruning.search import search_plan
+from pruning.structure import geometry_of
+from pruning.tasks import make_task
+from pruning.units import FFN, unit_groups
+from tests.factories import tiny_bart, tiny_bert
+
+QA_SETTINGS = {"max_length": 48, "stride": 16}
+
+
+@pytest.fixture(scope="module")
+def qa_setup(wordpiece_tokenizer, squad_file):
+    task = make_task("question-answering", **QA_SETTINGS)
+    features = task.train_features(wordpiece_tokenizer, task.load(squad_file))
+    return task, wordpiece_tokenizer, features
+
+
+# ---- importance ----------------------------------------------------------------------------------
+def _per_example_losses(model, task, tokenizer, features, group, unit, scale):
+    """Per-example losses with one unit's input columns multiplied by `scale` (for finite differences)."""
+
+    def scale_unit(module, args):
+        hidden = args[0].clone()
+        hidden[..., unit * group.width : (unit + 1) * group.width] *= scale
+        return (hidden,)
+
+    handle = group.linear.register_forward_pre_hook(scale_unit)
+    try:
+        with torch.no_grad():
+            batch = task.collate(tokenizer, features)
+            return task.example_losses(model(**batch), batch)
+    finally:
+        handle.remove()
+
+
+def _finite_difference_fisher(model, task, tokenizer, features, group, unit, eps=1e-4):
+    plus = _per_example_losses(model, task, tokenizer, features, group, unit, 1 + eps)
+    minus = _per_example_losses(model, task, tokenizer, features, group, unit, 1 - eps)
+    return float((((plus - minus) / (2 * eps)) ** 2).mean())
+
+
+def test_fisher_equals_finite_differences_of_per_example_losses(qa_setup, wordpiece_tokenizer):
+    task, tokenizer, features = qa_setup
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2).double()
+    features = features[:6]
+    # One batch, so both sides see the same padding: QA logits at padded positions take part in the
+    # softmax over positions, so an example's loss depends (slightly) on how long its batch is.
+    fisher = fisher_importance(model, task, tokenizer, features, batch_size=len(features), progress=False)
+    groups = list(unit_groups(model))
+    assert set(fisher.scores) == {group.key for group in groups}
+    for group in groups:
+        units = range(group.count) if group.block != FFN else range(0, group.count, 9)
+        for unit in units:
+            expected = _finite_difference_fisher(model, task, tokenizer, features, group, unit)
+            assert fisher.scores[group.key][unit].item() == pytest.approx(expected, rel=1e-5, abs=1e-12), (
+                group.key,
+                unit,
+            )
+    # A squared gradient averaged per example, not the square of the batch's mean gradient.
+    assert all(bool((scores >= 0).all()) for scores in fisher.scores.values())
+
+
+def test_fisher_for_bart_covers_every_attention_kind_and_matches_finite_differences(bpe_tokenizer, summaries_file):
+    task = make_task("summarization", max_source_tokens=48, max_target_tokens=16)
+    features = task.train_features(bpe_tokenizer, task.load(summaries_file))[:3]
+    model = tiny_bart(vocab_size=len(bpe_tokenizer), max_positions=160).double()
+    fisher = fisher_importance(model, task, bpe_tokenizer, features, batch_size=len(features), progress=False)
+    blocks = {key.split(".", 1)[0] + "." + key.rsplit(".", 1)[1] for key in fisher.scores}
+    assert blocks == {"encoder.self_attn", "encoder.ffn", "decoder.self_attn", "decoder.cross_attn", "decoder.ffn"}
+    for group in unit_groups(model):
+        if group.key in ("encoder.1.self_attn", "decoder.0.cross_attn", "decoder.1.ffn"):
+            expected = _finite_difference_fisher(model, task, bpe_tokenizer, features, group, 1)
+            assert fisher.scores[group.key][1].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_a_unit_that_contributes_nothing_has_zero_fisher(qa_setup, wordpiece_tokenizer):
+    task, tokenizer, features = qa_setup
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    output = model.bert.encoder.layer[1].attention.output.dense
+    with torch.no_grad():
+        output.weight[:, 8:16] = 0.0  # head 1 of layer 1 (head_dim 8) reaches nothing
+    fisher = fisher_importance(model, task, tokenizer, features[:4], progress=False)
+    scores = fisher.scores["encoder.1.self_attn"]
+    assert scores[1].item() == 0.0
+    assert (scores[[0, 2, 3]] > 0).all()
+
+
+def test_magnitude_and_random_importance(wordpiece_tokenizer):
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    before = magnitude_importance(model).scores["encoder.0.ffn"].clone()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.weight[5] *= 3.0
+        model.bert.encoder.layer[0].output.dense.weight[:, 5] *= 3.0
+    after = magnitude_importance(model).scores["encoder.0.ffn"]
+    assert after[5].item() == pytest.approx(3 * before[5].item())
+    assert torch.equal(after[:5], before[:5])
+    first, again, other = (random_importance(model, seed) for seed in (1, 1, 2))
+    assert all(torch.equal(first.scores[k], again.scores[k]) for k in first.scores)
+    assert not torch.equal(first.scores["encoder.0.ffn"], other.scores["encoder.0.ffn"])
+
+
+def test_plan_for_counts_keeps_the_most_important_units(wordpiece_tokenizer):
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    importance = random_importance(model, seed=3)
+    counts = {key: 2 for key in importance.scores}
+    plan = importance.plan_for_counts(geometry_of(model.config), counts)
+    heads = importance.scores["encoder.1.self_attn"]
+    assert plan.kept_heads("encoder", 1, "self_attn") == sorted(torch.topk(heads, 2).indices.tolist())
+    with pytest.raises(PlanError, match="cannot keep 5 of 4"):
+        importance.plan_for_counts(geometry_of(model.config), {**counts, "encoder.0.self_attn": 5})
+
+
+# ---- latency model --------------------------------------------------------------------------------
+def test_isotonic_fit_is_non_decreasing_and_least_squares():
+    assert isotonic_increasing([1.0, 2.0, 3.0], [1, 1, 1]) == [1.0, 2.0, 3.0]
+    assert isotonic_increasing([1.0, 3.0, 2.0, 4.0], [1, 1, 1, 1]) == [1.0, 2.5, 2.5, 4.0]
+    fitted = isotonic_increasing([-3.0, -1.0, -2.0, 5.0, 0.0], [1, 1, 1, 1, 1e9])
+    assert fitted == sorted(fitted) and fitted[-1] == pytest.approx(0.0, abs=1e-6)
+
+
+def _synthetic_table(model, head_ms=1.0, ffn_ms=0.01, dense_ms=100.0) -> LatencyTable:
+    """Linear per-unit costs: a layer loses `head_ms` per head and `ffn_ms` per FFN unit removed."""
+    geometry = geometry_of(model.config)
+    settings = LatencySettings(shape=Shape(1, 16))
+    curves = {}
+    for stack in geometry.stacks:
+        for block in (*stack.attention_names, FFN):
+            size, cost = (stack.ffn_units, ffn_ms) if block == FFN else (stack.num_heads, head_ms)
+            counts = list(range(size + 1))
+            fitted = [-(size - c) * cost for c in counts]
+            curves[f"{stack.name}.{block}"] = Curve(counts=counts, measured_ms=fitted, fitted_ms=fitted)
+    return LatencyTable(
+        key=table_key(model, settings),
+        dense_ms=dense_ms,
+        layers={s.name: s.num_layers for s in geometry.stacks},
+        curves=curves,
+        repeats=1,
+        seconds=0.0,
+    )
+
+
+def test_latency_table_predicts_from_curves_and_round_trips_through_the_cache(wordpiece_tokenizer, tmp_path):
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    geometry = geometry_of(model.config)
+    table = _synthetic_table(model)
+    assert table.predict_ms(PruningPlan.full(geometry)) == pytest.approx(100.0)
+    # 2 layers × 2 heads removed × 1 ms + 2 layers × 32 units removed × 0.01 ms
+    assert table.predict_ms(PruningPlan.uniform(geometry, 0.5, 0.5)) == pytest.approx(100 - 4 - 0.64)
+    save_cached(tmp_path, table)
+    assert load_cached(tmp_path, table.key) == table
+    other = table.key.model_copy(update={"seq": 17})
+    assert load_cached(tmp_path, other) is None
+    (tmp_path / f"{table.key.digest()}.json").write_text("{not json")
+    assert load_cached(tmp_path, table.key) is None  # a damaged entry is re-measured, not trusted
+
+
+def test_measured_latency_table_is_monotone_exact_at_dense_and_cached(wordpiece_tokenizer, tmp_path):
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    settings = LatencySettings(shape=Shape(1, 32), repeats=2, warmup=1, ffn_points=5)
+    table, cached = latency_table(model, settings, tmp_path)
+    assert not cached and set(table.curves) == {"encoder.self_attn", "encoder.ffn"}
+    assert table.curves["encoder.ffn"].counts == [0, 16, 32, 48, 64]
+    for curve in table.curves.values():
+        assert curve.fitted_ms == sorted(curve.fitted_ms) and curve.fitted_ms[-1] == 0.0
+    assert table.predict_ms(PruningPlan.full(geometry_of(model.config))) == table.dense_ms
+    again, cached = latency_table(model, settings, tmp_path)
+    assert cached and again == table
+    checks = check_predictions(model, table, random_plans(geometry_of(model.config), 2, seed=1), settings)
+    assert len(checks) == 2 and all(c.measured_ms > 0 and c.predicted_ms > 0 for c in checks)
+
+
+def test_probe_plan_changes_one_block_of_every_layer(wordpiece_tokenizer):
+    model = tiny_bart(vocab_size=len(wordpiece_tokenizer))
+    plan = probe_plan(geometry_of(model.config), "decoder", "cross_attn", 1)
+    summary = plan.summary()
+    assert summary["encoder"]["heads_kept"] == summary["encoder"]["heads_total"]
+    assert [layer.heads["cross_attn"] for layer in plan.stacks["decoder"].layers] == [[0], [0]]
+    assert all(len(layer.heads["self_attn"]) == 4 for layer in plan.stacks["decoder"].layers)
+
+
+# ---- search ---------------------------------------------------------------------------------------
+def test_search_respects_the_budget_and_spends_it(wordpiece_tokenizer):
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=3)
+    geometry = geometry_of(model.config)
+    table = _synthetic_table(model)
+    importance = random_importance(model, seed=0)
+    for budget in (99.0, 95.0, 91.0, 88.0, 86.5):
+        result = search_plan(geometry, importance, table, budget)
+        assert result.predicted_ms <= budget + 1e-9
+        assert result.predicted_ms >= budget - 1.0  # within one head's cost: the budget is used
+        assert result.predicted_speedup == pytest.approx(100.0 / result.predicted_ms)
+    assert search_plan(geometry, importance, table, 100.0).plan == PruningPlan.full(geometry)
+    with pytest.raises(PlanError, match="out of reach"):
+        search_plan(geometry, importance, table, 86.0)  # 12 heads + 192 units removed = 13.92 ms at most
+
+
+def test_search_is_optimal_against_brute_force(wordpiece_tokenizer):
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    geometry = geometry_of(model.config)
+    generator = torch.Generator().manual_seed(0)
+    # Convex-ish, irregular costs so greedy choices would not be enough.
+    table = _synthetic_table(model, head_ms=1.7, ffn_ms=0.045)
+    importance = Importance(
+        "synthetic", {key: torch.rand(len(v), generator=generator, dtype=torch.float64) for key, v in
+                      random_importance(model).scores.items()},
+    )  # fmt: skip
+    keys = list(importance.scores)  # 2 layers × (4 heads, 64 FFN units): 5 × 65 × 5 × 65 combinations
+    costs, values = [], []
+    for key in keys:
+        stack, _, block = key.split(".")
+        counts = np.arange(len(importance.scores[key]) + 1)
+        costs.append(np.asarray(table.curve(stack, block).at(counts)))
+        values.append(importance.kept_value(key).numpy())
+    total_cost = table.dense_ms + sum(np.ix_(*costs)[i] for i in range(len(keys)))  # broadcast over all
+    total_value = sum(np.ix_(*values)[i] for i in range(len(keys)))
+
+    def best_within(budget):
+        return float(total_value[total_cost <= budget + 1e-9].max())
+
+    budget, resolution = 93.0, 20000
+    result = search_plan(geometry, importance, table, budget, resolution=resolution)
+    found = result.kept_importance * sum(float(v.sum()) for v in importance.scores.values())
+    assert result.predicted_ms <= budget
+    # Optimal up to the discretisation: costs are rounded up by less than one step per group.
+    step = (budget - result.floor_ms) / resolution
+    assert best_within(budget - len(keys) * step) - 1e-9 <= found <= best_within(budget) + 1e-9
+
+
+# ---- mask tuning ----------------------------------------------------------------------------------
+def test_solve_scales_never_increases_the_error():
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(50, 6, generator=generator)
+    weight = torch.randn(4, 6, generator=generator)
+    target = inputs @ weight.T  # exactly reproduced by m = 1
+    stats = _accumulate(None, inputs, weight, target, width=2)
+    scales, before, after = solve_scales(stats, ridge=1e-3)
+    assert before == pytest.approx(0.0, abs=1e-9) and after <= before + 1e-12
+    assert torch.allclose(scales, torch.ones(3, dtype=torch.float64), atol=1e-6)
+    noisy = _accumulate(None, inputs, weight, 1.7 * target + torch.randn(50, 4, generator=generator), width=2)
+    scales, before, after = solve_scales(noisy, ridge=1e-3)
+    assert after < before
+    manual = ((inputs.double() * scales.repeat_interleave(2)) @ weight.double().T - (1.7 * target)).pow(2).sum()
+    assert after <= before and manual.item() > 0
+
+
+def test_mask_tuning_never_increases_reconstruction_error(qa_setup, wordpiece_tokenizer):
+    task, tokenizer, features = qa_setup
+    dense = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=3)
+    geometry = geometry_of(dense.config)
+    plan = random_importance(dense, seed=4).plan_for_counts(
+        geometry, {key: 2 if key.endswith("attn") else 20 for key in random_importance(dense).scores}
+    )
+    compact = compact_model(copy.deepcopy(dense), plan).eval()
+    untuned = copy.deepcopy(compact)
+    reports = tune_masks(compact, dense, task, tokenizer, features[:8], progress=False)
+    assert len(reports) == 6
+    assert all(r.error_after <= r.error_before for r in reports)
+    assert any(r.error_after < 0.9 * r.error_before for r in reports)
+
+    # Independently: the first group's projection output is closer to the dense one after tuning.
+    def output_error(model):
+        captured = {}
+        first = next(unit_groups(model)).linear
+        dense_first = next(unit_groups(dense)).linear
+        hooks = [
+            first.register_forward_hook(lambda m, a, o: captured.__setitem__("pruned", o)),
+            dense_first.register_forward_hook(lambda m, a, o: captured.__setitem__("dense", o)),
+        ]
+        total, tokens = 0.0, 0
+        with torch.no_grad():
+            for feature in features[:8]:
+                batch = task.collate(tokenizer, [feature])
+                model(**batch)
+                dense(**batch)
+                total += float((captured["pruned"] - captured["dense"]).pow(2).sum())
+                tokens += batch["input_ids"].numel()
+        for hook in hooks:
+            hook.remove()
+        return total / tokens
+
+    assert output_error(compact) <= output_error(untuned)
+    assert output_error(compact) == pytest.approx(reports[0].error_after, rel=1e-3)
+    assert output_error(untuned) == pytest.approx(reports[0].error_before, rel=1e-3)
+
+
+# ---- pipeline -------------------------------------------------------------------------------------
+def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
+    dense_bert_dir, squad_file, tmp_path, capsys
+):
+    out = tmp_path / "pruned"
+    argv = ["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--calib", str(squad_file),
+            "--eval", str(squad_file), "--speedup", "1.1", "--seq", "128", "--repeats", "3", "--calib-samples", "8",
+            "--tune-samples", "4", "--latency-cache", str(tmp_path / "cache"), "--max-length", "48",
+            "--stride", "16", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "measured speedup" in printed and "predicted" in printed
+    manifest = json.loads((out / "blockserve.json").read_text())
+    method = manifest["method"]
+    assert method["name"] == "posttrain" and method["importance"] == "fisher"
+    assert method["budget"]["speedup"] == 1.1 and method["budget"]["seq"] == 128
+    assert method["predicted"]["compact_ms"] <= method["budget"]["latency_ms"] + 1e-6
+    assert method["predicted"]["speedup"] >= 1.1 - 1e-6
+    assert method["measured"]["dense_ms"] > 0 and method["measured"]["compact_ms"] > 0
+    assert method["mask_tuning"]["groups"] > 0
+    assert {"importance", "latency_model", "mask_tuning", "total_pruning"} <= set(method["seconds"])
+    assert {"dense", "pruned"} <= set(manifest["evaluation"])
+    assert (out / "posttrain.png").stat().st_size > 0 and (out / "latency_model.json").is_file()
+    loaded = load_checkpoint(out)
+    summary = loaded.manifest.plan.summary()["encoder"]
+    assert loaded.is_compact and (summary["heads_kept"] < 12 or summary["ffn_units_kept"] < 192)
+    # The second run on the same device and shape reuses the latency model.
+    assert main([*argv[:-1], str(tmp_path / "again"), "--importance", "magnitude"]) == 0
+    again = json.loads((tmp_path / "again" / "blockserve.json").read_text())["method"]
+    assert again["predicted"]["latency_model"]["cached"] is True
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "exactly one budget"),
+        (["--speedup", "2", "--latency-ms", "5"], "exactly one budget"),
+        (["--speedup", "0.5"], "speedup must be"),
+        (["--latency-ms", "0.0001", "--seq", "16", "--repeats", "2"], "out of reach"),
+    ],
+)
+def test_posttrain_cli_rejects_bad_budgets(dense_bert_dir, squad_file, tmp_path, capsys, extra, message):
+    argv = ["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--calib", str(squad_file),
+            "--calib-samples", "4", "--importance", "random", "--latency-cache", str(tmp_path), "--out",
+            str(tmp_path / "out"), *extra]  # fmt: skip
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_prune_cli_names_the_missing_inputs_of_each_method(dense_bert_dir, squad_file, tmp_path, capsys):
+    assert main(["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--out", str(tmp_path)]) == 2
+    assert "--method posttrain needs --calib" in capsys.readouterr().err
+    assert main(["prune", "--teacher", str(dense_bert_dir), "--out", str(tmp_path)]) == 2
+    assert "--method movement needs --train, --eval" in capsys.readouterr().err
+
+
+def test_posttrain_bart_prunes_encoder_and_decoder_to_a_generate_budget(summarizer_dir, summaries_file, tmp_path):
+    settings = PosttrainSettings(
+        speedup=1.05, seq=64, new_tokens=4, repeats=3, calib_samples=4, tune_samples=2,
+        task_settings={"max_source_tokens": 48, "max_target_tokens": 16, "num_beams": 1},
+    )  # fmt: skip
+    manifest = prune_posttrain(summarizer_dir, summaries_file, tmp_path / "out", settings, latency_cache=tmp_path)
+    assert manifest.method["budget"]["new_tokens"] == 4
+    curves = json.loads((tmp_path / "out" / "latency_model.json").read_text())["curves"]
+    assert set(curves) == {"encoder.self_attn", "encoder.ffn", "decoder.self_attn", "decoder.cross_attn",
+                           "decoder.ffn"}  # fmt: skip
+    assert manifest.method["predicted"]["speedup"] >= 1.05 - 1e-6
+    model = load_checkpoint(tmp_path / "out").model
+    ids = model.generate(input_ids=torch.tensor([[0, 10, 11, 12, 2]]), max_new_tokens=3, num_beams=1)
+    assert ids.shape[1] >= 2 and np.isfinite(manifest.method["measured"]["speedup"])
+
+
+def test_example_losses_average_to_the_models_own_loss(qa_setup, wordpiece_tokenizer):
+    task, tokenizer, features = qa_setup
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    batch = task.collate(tokenizer, features[:5])
+    with torch.no_grad():
+        outputs = model(**batch)
+    assert task.example_losses(outputs, batch).mean().item() == pytest.approx(outputs.loss.item(), rel=1e-6)
