@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench movement-qa movement-bart posttrain-qa lint clean
+.PHONY: install test test-fast demo bench movement-qa movement-bart posttrain-qa posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -63,14 +63,18 @@ movement-qa: $(STAMP)
 
 BART := artifacts/bart-small
 BART_TASK := --max-source-tokens 256 --max-target-tokens 64 --num-beams 2
-movement-bart: $(STAMP)
-	mkdir -p $(MOVEMENT)
-	rm -rf $(BART)-dense.work $(BART)-pruned.work
+# The small BART teacher both BART runs start from: random init, fine-tuned on 250 CNN/DM rows.
+$(BART)-dense/model.safetensors: | $(STAMP)
+	rm -rf $(BART)-dense.work
 	$(BIN)/blockserve init --arch bart-small --corpus $(CNNDM)/cnndm_test.jsonl $(CNNDM)/cnndm_sample.jsonl \
 		--out $(BART)-random
 	$(BIN)/blockserve finetune --model $(BART)-random --train $(CNNDM)/cnndm_test.jsonl \
 		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-dense --epochs 40 --batch-size 8 \
 		--lr 1e-3 $(BART_TASK)
+
+movement-bart: $(STAMP) $(BART)-dense/model.safetensors
+	mkdir -p $(MOVEMENT)
+	rm -rf $(BART)-pruned.work
 	$(BIN)/blockserve prune --teacher $(BART)-dense --train $(CNNDM)/cnndm_test.jsonl \
 		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-pruned --block 32x32 --hybrid \
 		--target-density 0.3 --epochs 8 --batch-size 8 --lr 3e-4 --fill-epochs 2 $(BART_TASK)
@@ -82,8 +86,9 @@ movement-bart: $(STAMP)
 	cp $(BART)-dense/training.json $(MOVEMENT)/bart-small-teacher.json
 
 # Post-training pruning of the shared MiniLM to latency budgets on this machine (BENCHMARKS.md;
-# ~30 minutes on 2 CPU cores, most of it scoring the dense model and each pruned one on dev.json).
+# ~25 minutes on 2 CPU cores, most of it scoring the dense model and each pruned one on dev.json).
 # The latency model is measured once (with 5 random plans to check its predictions), then cached.
+# Per budget: Fisher, magnitude and random importance, and Fisher without mask tuning (ablation).
 POSTTRAIN := benchmarks/posttrain
 PT_OUT := artifacts/posttrain
 MINILM := $(SHARED)/models/minilm-l6-squad
@@ -99,8 +104,25 @@ posttrain-qa: $(STAMP)
 			--json $(POSTTRAIN)/$$name-bench.jsonl; \
 		cp $(PT_OUT)/$$name/blockserve.json $(POSTTRAIN)/$$name-manifest.json; \
 		cp $(PT_OUT)/$$name/posttrain.png $(POSTTRAIN)/$$name.png; \
-	done; done
+	done; \
+		name=minilm-fisher-$$speedup-no-tune; \
+		$(BIN)/blockserve prune --method posttrain --model $(MINILM) --calib $(SQUAD)/train.json \
+			--eval $(SQUAD)/dev.json --speedup $$speedup --no-tune $(PT_SHAPE) --out $(PT_OUT)/$$name; \
+		cp $(PT_OUT)/$$name/blockserve.json $(POSTTRAIN)/$$name-manifest.json; \
+	done
 	$(BIN)/python benchmarks/posttrain_table.py $(POSTTRAIN)
+
+# The same machinery on BART: one budget on generate() time, shared out between encoder and decoder.
+posttrain-bart: $(STAMP) $(BART)-dense/model.safetensors
+	mkdir -p $(POSTTRAIN) $(PT_OUT)
+	$(BIN)/blockserve prune --method posttrain --model $(BART)-dense --calib $(CNNDM)/cnndm_test.jsonl \
+		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --speedup 1.5 --seq 256 --new-tokens 32 --batch 1 \
+		--repeats 10 --calib-samples 250 --latency-cache $(PT_OUT)/latency-cache $(BART_TASK) \
+		--out $(PT_OUT)/bart-small-fisher-1.5
+	$(BIN)/blockserve bench --model $(PT_OUT)/bart-small-fisher-1.5 --seq 256 --batch 1 --new-tokens 32 \
+		--repeats 10 --json $(POSTTRAIN)/bart-small-fisher-1.5-bench.jsonl
+	cp $(PT_OUT)/bart-small-fisher-1.5/blockserve.json $(POSTTRAIN)/bart-small-fisher-1.5-manifest.json
+	cp $(PT_OUT)/bart-small-fisher-1.5/posttrain.png $(POSTTRAIN)/bart-small-fisher-1.5.png
 
 lint: $(STAMP)
 	$(BIN)/ruff check pruning service loadtests tests

@@ -1,7 +1,7 @@
 """Summarise `make posttrain-qa`: a Markdown table and a plot from the manifests and bench results.
 
 Usage: python benchmarks/posttrain_table.py benchmarks/posttrain
-Reads NAME-manifest.json and NAME-bench.jsonl for each run and latency-model.json; writes
+Reads minilm-NAME-manifest.json and NAME-bench.jsonl for each run and latency-model.json; writes
 results.md and results.png into the same directory. Every number comes from those files.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 def load_runs(directory: Path) -> list[dict]:
     runs = []
-    for manifest_path in sorted(directory.glob("*-manifest.json")):
+    for manifest_path in sorted(directory.glob("minilm-*-manifest.json")):
         name = manifest_path.name.removesuffix("-manifest.json")
         manifest = json.loads(manifest_path.read_text())
         bench_path = directory / f"{name}-bench.jsonl"
@@ -28,11 +28,12 @@ def load_runs(directory: Path) -> list[dict]:
             {
                 "name": name,
                 "budget": method["budget"]["speedup"],
-                "importance": method["importance"],
+                "importance": method["importance"] + ("" if method["mask_tuning"]["enabled"] else ", no tuning"),
                 "seconds": method["seconds"]["total_pruning"],
                 "latency_cached": method["predicted"]["latency_model"]["cached"],
                 "predicted": method["predicted"]["speedup"],
                 "measured": method["measured"]["speedup"],
+                "attempts": method["measured"]["attempts"],
                 "bench": bench[0]["speedup"] if bench else None,
                 "bench_dense_ms": bench[0]["dense_ms"] if bench else None,
                 "bench_compact_ms": bench[0]["compact_ms"] if bench else None,
@@ -44,7 +45,7 @@ def load_runs(directory: Path) -> list[dict]:
                 "tuning": method["mask_tuning"],
             }
         )
-    order = {"fisher": 0, "magnitude": 1, "random": 2}
+    order = {"fisher": 0, "fisher, no tuning": 1, "magnitude": 2, "random": 3}
     return sorted(runs, key=lambda run: (run["budget"], order.get(run["importance"], 9)))
 
 
@@ -52,24 +53,28 @@ def markdown(runs: list[dict], latency: dict | None) -> str:
     lines = []
     if runs and runs[0]["dense"]:
         dense = runs[0]["dense"]
-        lines.append(f"Dense model on dev: EM {dense['exact_match']:.2f}, F1 {dense['f1']:.2f} ({dense['n']} questions).")
+        lines.append(
+            f"Dense model on dev: EM {dense['exact_match']:.2f}, F1 {dense['f1']:.2f} ({dense['n']} questions)."
+        )
         lines.append("")
     lines += [
-        "| budget | importance | pruning s | predicted | measured (prune) | measured (bench) | bench vs budget | "
-        "FLOPs ratio | heads | FFN units | EM | F1 | ΔF1 | tuning error |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| budget | importance | pruning s | attempts: predicted → measured | final: predicted | measured (prune) "
+        "| measured (bench) | bench vs budget | FLOPs ratio | heads | FFN units | EM | F1 | ΔF1 | tuning error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         bench = run["bench"]
         off = f"{bench / run['budget'] - 1:+.1%}" if bench else "—"
+        bench_text = f"{bench:.2f}×" if bench else "—"
+        attempts = ", ".join(f"{a['predicted_speedup']:.2f}→{a['measured_speedup']:.2f}" for a in run["attempts"])
         pruned, dense = run["pruned"], run["dense"]
         tuning = run["tuning"]
         reduction = (
             f"−{1 - tuning['error_after'] / tuning['error_before']:.0%}" if tuning.get("error_before") else "off"
         )
         lines.append(
-            f"| {run['budget']:.1f}× | {run['importance']} | {run['seconds']:.0f} | {run['predicted']:.2f}× | "
-            f"{run['measured']:.2f}× | {bench:.2f}× | {off} | {run['flops_ratio']:.2f} | {run['heads']} | "
+            f"| {run['budget']:.1f}× | {run['importance']} | {run['seconds']:.0f} | {attempts} | {run['predicted']:.2f}× | "
+            f"{run['measured']:.2f}× | {bench_text} | {off} | {run['flops_ratio']:.2f} | {run['heads']} | "
             f"{run['ffn']} | {pruned.get('exact_match', float('nan')):.2f} | {pruned.get('f1', float('nan')):.2f} | "
             f"{pruned.get('f1', float('nan')) - dense.get('f1', float('nan')):+.2f} | {reduction} |"
         )
@@ -100,7 +105,7 @@ def plot(runs: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     markers = {"fisher": "o", "magnitude": "s", "random": "^"}
     for importance, marker in markers.items():
-        chosen = [run for run in runs if run["importance"] == importance and run["pruned"]]
+        chosen = [run for run in runs if run["importance"] == importance and run["pruned"] and run["bench"]]
         if chosen:
             left.plot([r["bench"] for r in chosen], [r["pruned"]["f1"] for r in chosen], marker=marker,
                       label=importance)  # fmt: skip
@@ -113,7 +118,7 @@ def plot(runs: list[dict], path: Path) -> None:
     budgets = sorted({run["budget"] for run in runs})
     right.plot([1, max(budgets) * 1.1], [1, max(budgets) * 1.1], color="grey", linewidth=0.8, label="on budget")
     for importance, marker in markers.items():
-        chosen = [run for run in runs if run["importance"] == importance]
+        chosen = [run for run in runs if run["importance"] == importance and run["bench"]]
         right.scatter([r["budget"] for r in chosen], [r["bench"] for r in chosen], marker=marker, label=importance)
     right.set_xlabel("speedup budget (--speedup)")
     right.set_ylabel("measured speedup (bench)")

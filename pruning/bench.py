@@ -26,12 +26,11 @@ from pruning.checkpoint import check_device
 from pruning.compact import compact_model
 from pruning.export import EXPORTABLE_TASKS, QA_INPUTS, export_qa_onnx, onnx_session
 from pruning.plan import PruningPlan
+from pruning.runners import Shape, make_runner, random_inputs
 from pruning.structure import Workload, geometry_of, task_of
 from pruning.timing import time_interleaved
 
 log = logging.getLogger(__name__)
-
-RUNTIMES = ("torch", "onnx")
 
 
 class BenchRow(BaseModel):
@@ -45,7 +44,9 @@ class BenchRow(BaseModel):
     dense_ms: float
     compact_ms: float
     speedup: float  # dense_ms / compact_ms
-    flops_ratio: float  # dense FLOPs / compact FLOPs for the same unit and shape
+    # dense FLOPs / compact FLOPs for the same unit and shape; None when the compact unit has no
+    # layer matmuls left (a BART encoder with every head and FFN unit removed)
+    flops_ratio: float | None
     params_dense: int
     params_compact: int
     dense_iqr_ms: float
@@ -76,25 +77,18 @@ class _Case:
     batch: int
     seq: int
     new_tokens: int
-    flops_ratio: float
+    flops_ratio: float | None
     dense: Callable[[], object]
     compact: Callable[[], object]
 
 
-def _random_tokens(model: PreTrainedModel, batch: int, seq: int, generator: torch.Generator) -> torch.Tensor:
-    # Avoid the lowest ids, which hold special tokens (pad/bos/eos) in every vocabulary we support.
-    return torch.randint(5, model.config.vocab_size, (batch, seq), generator=generator)
-
-
-def _qa_cases(dense, compact, plan, settings, batch, seq, sessions, generator) -> Iterable[_Case]:
+def _qa_cases(dense, compact, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
     ratio = flops_ratio(dense.config, plan, Workload(seq), "question-answering")
-    inputs = {
-        "input_ids": _random_tokens(dense, batch, seq, generator).to(settings.device),
-        "attention_mask": torch.ones(batch, seq, dtype=torch.long, device=settings.device),
-        "token_type_ids": torch.zeros(batch, seq, dtype=torch.long, device=settings.device),
-    }
+    shape = Shape(batch, seq)
+    inputs = random_inputs(dense, shape, settings.device, seed)
     if "torch" in settings.runtimes:
-        yield _Case("forward", "torch", batch, seq, 0, ratio, lambda: dense(**inputs), lambda: compact(**inputs))
+        runners = [make_runner(model, "question-answering", inputs, shape) for model in (dense, compact)]
+        yield _Case("forward", "torch", batch, seq, 0, ratio, *runners)
     if "onnx" in settings.runtimes:
         feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS}
         dense_session, compact_session = sessions
@@ -110,11 +104,13 @@ def _qa_cases(dense, compact, plan, settings, batch, seq, sessions, generator) -
         )
 
 
-def _summarization_cases(dense, compact, plan, settings, batch, seq, generator) -> Iterable[_Case]:
+def _summarization_cases(dense, compact, plan, settings, batch, seq, seed) -> Iterable[_Case]:
     full = PruningPlan.full(geometry_of(dense.config))
-    input_ids = _random_tokens(dense, batch, seq, generator).to(settings.device)
-    attention_mask = torch.ones_like(input_ids)
-    encoder_ratio = encoder_flops(dense.config, full, seq) / encoder_flops(dense.config, plan, seq)
+    shape = Shape(batch, seq, settings.new_tokens)
+    inputs = random_inputs(dense, shape, settings.device, seed)
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    compact_encoder = encoder_flops(dense.config, plan, seq)
+    encoder_ratio = encoder_flops(dense.config, full, seq) / compact_encoder if compact_encoder else None
     yield _Case(
         "encoder",
         "torch",
@@ -127,24 +123,8 @@ def _summarization_cases(dense, compact, plan, settings, batch, seq, generator) 
     )
     n = settings.new_tokens
     generate_ratio = flops_ratio(dense.config, plan, Workload(seq, new_tokens=n), "summarization")
-    kwargs = {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "max_new_tokens": n,
-        "min_new_tokens": n,
-        "num_beams": 1,
-        "do_sample": False,
-    }
-    yield _Case(
-        "generate",
-        "torch",
-        batch,
-        seq,
-        n,
-        generate_ratio,
-        lambda: dense.generate(**kwargs),
-        lambda: compact.generate(**kwargs),
-    )
+    runners = [make_runner(model, "summarization", inputs, shape) for model in (dense, compact)]
+    yield _Case("generate", "torch", batch, seq, n, generate_ratio, *runners)
 
 
 def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: BenchSettings) -> list[BenchRow]:
@@ -160,7 +140,6 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
     use_onnx = "onnx" in settings.runtimes and task in EXPORTABLE_TASKS
     if "onnx" in settings.runtimes and not use_onnx:
         log.warning("ONNX export covers %s only; timing %s with torch alone", ", ".join(EXPORTABLE_TASKS), task)
-    generator = torch.Generator().manual_seed(0)
     rows: list[BenchRow] = []
     with tempfile.TemporaryDirectory() as scratch:
         sessions = None
@@ -179,11 +158,11 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
             )
         grid = [(batch, seq) for batch in settings.batches for seq in settings.seqs]
         with torch.inference_mode():
-            for batch, seq in tqdm(grid, desc=f"bench {arch}", unit="shape"):
+            for seed, (batch, seq) in enumerate(tqdm(grid, desc=f"bench {arch}", unit="shape")):
                 if task == "question-answering":
-                    cases = _qa_cases(dense, compact, plan, settings, batch, seq, sessions, generator)
+                    cases = _qa_cases(dense, compact, plan, settings, batch, seq, sessions, seed)
                 else:
-                    cases = _summarization_cases(dense, compact, plan, settings, batch, seq, generator)
+                    cases = _summarization_cases(dense, compact, plan, settings, batch, seq, seed)
                 for case in cases:
                     timings = time_interleaved(
                         {"dense": case.dense, "compact": case.compact}, settings.warmup, settings.repeats
@@ -210,7 +189,7 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
                         device=settings.device,
                     )
                     log.info(
-                        "%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %.2f)",
+                        "%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %s)",
                         arch,
                         row.runtime,
                         row.unit,
@@ -219,7 +198,7 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
                         row.dense_ms,
                         row.compact_ms,
                         row.speedup,
-                        row.flops_ratio,
+                        _number(row.flops_ratio),
                     )
                     rows.append(row)
     return rows
@@ -231,9 +210,14 @@ def format_table(rows: list[BenchRow]) -> str:
     for row in rows:
         lines.append(
             f"{row.arch:<20} {row.runtime:<7} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
-            f"{row.compact_ms:>11.1f} {row.speedup:>8.2f} {row.flops_ratio:>11.2f} {row.speedup / row.flops_ratio:>13.2f}"
+            f"{row.compact_ms:>11.1f} {row.speedup:>8.2f} {_number(row.flops_ratio):>11} "
+            f"{_number(row.speedup / row.flops_ratio if row.flops_ratio else None):>13}"
         )
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
@@ -247,9 +231,10 @@ def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
     ax.bar(x - 0.2, [r.speedup for r in rows], width=0.4, label="measured speedup (dense ms / compact ms)")
-    ax.bar(x + 0.2, [r.flops_ratio for r in rows], width=0.4, label="FLOPs ratio (dense / compact)")
+    ratios = [r.flops_ratio or 0.0 for r in rows]  # no bar where the ratio is undefined
+    ax.bar(x + 0.2, ratios, width=0.4, label="FLOPs ratio (dense / compact)")
     ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_ylim(0, 1.3 * max(max(r.speedup, r.flops_ratio) for r in rows))  # headroom for the legend
+    ax.set_ylim(0, 1.3 * max(max(r.speedup, ratio) for r, ratio in zip(rows, ratios, strict=True)))  # legend room
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("× faster")
     ax.set_title(f"{rows[0].arch}: compact vs dense ({rows[0].device}, {rows[0].threads} threads)")

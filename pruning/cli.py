@@ -190,6 +190,8 @@ def _prune_posttrain(args: argparse.Namespace) -> None:
             device=args.device,
             threads=args.threads,
             repeats=args.repeats,
+            corrections=args.corrections,
+            tolerance=args.tolerance,
             seed=args.seed,
             task_settings=_task_settings(args),
             eval_limit=args.eval_limit,
@@ -617,6 +619,10 @@ def _add_prune(commands) -> None:
     post.add_argument("--runtime", choices=("torch", "onnx"), default="torch", help="runtime the budget is for")
     post.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's)")
     post.add_argument("--repeats", type=_positive_int, default=10, help="timed repeats per latency measurement")
+    post.add_argument(
+        "--corrections", type=int, default=2, help="re-searches when the measured speedup misses the budget (default 2)"
+    )
+    post.add_argument("--tolerance", type=_fraction, default=0.05, help="allowed miss before correcting (default 0.05)")
     post.add_argument("--latency-cache", help="latency model cache (default ~/.cache/blockserve/latency)")
     post.add_argument("--refresh-latency", action="store_true", help="re-measure even if a cached model exists")
     masks = prune.add_argument_group("movement masks")

@@ -6,9 +6,9 @@ so encoder and decoder are each timed at generate time) when *every* layer of th
 units of that block and everything else is dense, for a grid of `k`. Each probe is timed
 interleaved with the dense model, so its difference from dense is measured against the same drift;
 divided by the number of layers it is one layer's latency change at `k` (`Curve`). Making all
-layers alike multiplies the signal by the layer count, which is what makes a 1-head step
-measurable on a noisy CPU. Curves are made non-decreasing in `k` (isotonic fit; more units never
-cost less) and are exact at `k = dense` (zero change).
+layers alike multiplies the signal by the layer count. Curves are fitted piecewise linear between a
+few knots (least squares over all probes, then non-decreasing: more units never cost less) and are
+exact at `k = dense` (zero change); `fit_curve` says why the raw points are not used.
 
 Prediction for a plan: dense latency + Σ over layers and blocks of the curve at the kept count
 (linear between grid points). The additivity this assumes is checked by `check_predictions` on
@@ -46,7 +46,7 @@ from pruning.units import FFN
 
 log = logging.getLogger(__name__)
 
-TABLE_VERSION = 1
+TABLE_VERSION = 2  # 2: curves fitted between knots
 
 
 class LatencyKey(BaseModel):
@@ -67,6 +67,7 @@ class LatencyKey(BaseModel):
     batch: int
     seq: int
     new_tokens: int
+    knots: int  # of the fitted curves
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
@@ -100,13 +101,19 @@ class LatencyTable(BaseModel):
 
     def predict_ms(self, plan: PruningPlan) -> float:
         """Predicted latency of the model compacted to `plan`, at this table's shape and device."""
-        total = self.dense_ms
+        return self.dense_ms + sum(self.changes_by_stack(plan).values())
+
+    def changes_by_stack(self, plan: PruningPlan) -> dict[str, float]:
+        """Predicted latency change (ms, ≤ 0) that each stack's pruning contributes."""
+        changes = {}
         for stack_name, stack in plan.stacks.items():
+            total = 0.0
             for layer in stack.layers:
                 for block, kept in layer.heads.items():
                     total += float(self.curve(stack_name, block).at(len(kept)))
                 total += float(self.curve(stack_name, FFN).at(len(layer.ffn_units)))
-        return total
+            changes[stack_name] = total
+        return changes
 
 
 @dataclass(frozen=True)
@@ -118,6 +125,7 @@ class LatencySettings:
     warmup: int = 2
     head_points: int = 13  # grid points per attention curve (every count when heads ≤ this - 1)
     ffn_points: int = 17  # grid points per FFN curve
+    knots: int = 5  # breakpoints of each fitted curve (see `fit_curve`)
     chunk: int = 6  # probes timed together with the dense model (bounds memory)
     threads: int | None = None
 
@@ -166,6 +174,7 @@ def table_key(model: PreTrainedModel, settings: LatencySettings) -> LatencyKey:
         batch=settings.shape.batch,
         seq=settings.shape.seq,
         new_tokens=settings.shape.new_tokens,
+        knots=settings.knots,
     )
 
 
@@ -211,6 +220,26 @@ def isotonic_increasing(values: list[float], weights: list[float]) -> list[float
     for mean, _, length in blocks:
         fitted.extend([mean] * int(length))
     return fitted
+
+
+def fit_curve(counts: list[int], measured: list[float], knots: int) -> list[float]:
+    """A smooth, non-decreasing fit of one curve, exactly 0 at the dense count (the last one).
+
+    Piecewise linear between `knots` evenly spaced counts, least squares over every measured point,
+    then made non-decreasing. Why not the raw points: near the dense end a probe differs from dense
+    by a fraction of a millisecond, less than this machine's noise, and the search would seize on
+    any point that noise made look cheap (removing one head "saving" three heads' worth). A few
+    knots average that noise over neighbouring points and keep the curve's real bends.
+    """
+    size = counts[-1]
+    knot_counts = np.linspace(0, size, max(knots, 2))
+    x = np.asarray(counts, dtype=np.float64)
+    # Hat functions of the knots; the last knot's value is pinned to 0 (the dense model itself).
+    basis = np.stack([np.interp(x, knot_counts, np.eye(len(knot_counts))[j]) for j in range(len(knot_counts) - 1)], 1)
+    values, *_ = np.linalg.lstsq(basis, np.asarray(measured, dtype=np.float64), rcond=None)
+    values = isotonic_increasing([*values.tolist(), 0.0], [1.0] * len(values) + [1e9])
+    values = [min(value, 0.0) for value in values]
+    return [float(v) for v in np.interp(x, knot_counts, values)]
 
 
 def grid(size: int, points: int) -> list[int]:
@@ -317,9 +346,7 @@ def measure_table(dense: PreTrainedModel, settings: LatencySettings) -> LatencyT
             names = [n for n, (s, b, _) in probes.items() if (s, b) == (stack.name, block)]
             counts = [probes[n][2] for n in names] + [size]
             measured = [(ratios[n] - 1.0) * dense_ms / stack.num_layers for n in names] + [0.0]
-            # The dense point is exact by definition: weigh it so the fit passes through zero there.
-            fitted = isotonic_increasing(measured, [1.0] * len(names) + [1e9])
-            fitted = [min(value, 0.0) for value in fitted]
+            fitted = fit_curve(counts, measured, settings.knots)
             curves[f"{stack.name}.{block}"] = Curve(counts=counts, measured_ms=measured, fitted_ms=fitted)
     return LatencyTable(
         key=table_key(dense, settings),

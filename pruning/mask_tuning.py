@@ -1,16 +1,19 @@
 """Mask tuning: rescale the kept units so each pruned layer reproduces the dense layer's output.
 
 For every group of units (a layer's heads of one attention block, or its FFN units), in execution
-order, the output of the projection they feed is `Σ_k m_k · c_k + b`, where `c_k` is unit k's
-contribution (its input columns times its weight columns) and m = 1 after compaction. We choose m
-by least squares so this matches the *dense* model's projection output on the calibration data:
+order, the projection they feed outputs `Σ_k m_k · c_k + b`, where `c_k` is unit k's contribution
+(its input columns times its weight columns) and m = 1 after compaction; the layer then normalises
+the residual stream plus that output. We choose m by least squares so the pruned layer's
+pre-normalisation sum matches the *dense* model's on the calibration data (Kwon et al., 2022):
 
-    min_m  Σ_tokens ‖ Σ_k m_k c_k − (y_dense − b) ‖²  +  λ ‖m − 1‖²
+    min_m  Σ_tokens ‖ (r' + Σ_k m_k c_k + b) − (r + y) ‖²  +  λ ‖m − 1‖²
 
-Inputs come from the compact model whose earlier groups are already tuned, so the fit also
-absorbs the error that pruning upstream has pushed into this layer. The normal equations only need
-G = Σ cᵀc (units × units) and r = Σ cᵀy, accumulated batch by batch: with x the projection's input
-and W its weight, G = blocksum((xᵀx) ⊙ (WᵀW)) and r = blocksum(Σ x ⊙ (y W)) — no per-unit tensors.
+with r, y the dense model's residual and projection output, r' the pruned model's residual. Inputs
+come from the compact model whose earlier groups are already tuned, so each layer also corrects the
+drift that pruning upstream has left in the residual stream. With t = r + y − r' − b the target
+of Σ m_k c_k, the normal equations only need G = Σ cᵀc (units × units) and q = Σ cᵀt, accumulated
+batch by batch: with x the projection's input and W its weight, G = blocksum((xᵀx) ⊙ (WᵀW)) and
+q = blocksum(Σ x ⊙ (t W)) — no per-unit tensors.
 Because m = 1 is feasible, the optimum's reconstruction error cannot exceed the untuned one's;
 the solver checks that on the accumulated statistics and keeps m = 1 if rounding says otherwise.
 m is then folded into the weight columns, so the checkpoint stays a stock compact model.
@@ -35,7 +38,7 @@ log = logging.getLogger(__name__)
 class GroupTuning(BaseModel):
     key: str
     units: int
-    error_before: float  # Σ‖reconstruction error‖² per token, m = 1
+    error_before: float  # ‖pre-norm sum − dense pre-norm sum‖² per token, m = 1
     error_after: float  # the same with the tuned m
     scale_min: float
     scale_max: float
@@ -48,8 +51,8 @@ class _StopForward(Exception):
 @dataclass
 class _Statistics:
     gram: torch.Tensor  # G
-    correlation: torch.Tensor  # r
-    target_energy: float  # Σ‖y‖²
+    correlation: torch.Tensor  # q
+    target_energy: float  # Σ‖t‖²
     tokens: int
 
 
@@ -73,7 +76,7 @@ def _accumulate(
 
 
 def _error(stats: _Statistics, scales: torch.Tensor) -> float:
-    """Σ‖Σ m_k c_k − y‖² from the statistics: mᵀGm − 2mᵀr + Σ‖y‖²."""
+    """Σ‖Σ m_k c_k − t‖² from the statistics: mᵀGm − 2mᵀq + Σ‖t‖²."""
     return float(scales @ stats.gram @ scales - 2 * scales @ stats.correlation + stats.target_energy)
 
 
@@ -94,26 +97,33 @@ def solve_scales(stats: _Statistics, ridge: float) -> tuple[torch.Tensor, float,
     return scales, before / stats.tokens, after / stats.tokens
 
 
-def _capture(model: PreTrainedModel, linear: torch.nn.Module, batch: dict, want_input: bool) -> torch.Tensor:
-    """The input (or output) of `linear` during a forward pass of `batch`, stopping right after it."""
-    captured: list[torch.Tensor] = []
+def _capture(model: PreTrainedModel, batch: dict, taps: list[tuple[torch.nn.Module, str]]) -> list[torch.Tensor]:
+    """What each (module, "input" | "output") tap sees in one forward pass of `batch`, in tap order.
 
-    def on_input(module, args):
-        captured.append(args[0].detach())
-        raise _StopForward
+    The pass stops at the last tap, so later layers do not run.
+    """
+    captured: dict[int, torch.Tensor] = {}
+    handles = []
+    for index, (module, kind) in enumerate(taps):
+        last = index == len(taps) - 1
 
-    def on_output(module, args, output):
-        captured.append(output.detach())
-        raise _StopForward
+        def keep(tensor: torch.Tensor, index: int = index, last: bool = last) -> None:
+            captured[index] = tensor.detach()
+            if last:
+                raise _StopForward
 
-    handle = linear.register_forward_pre_hook(on_input) if want_input else linear.register_forward_hook(on_output)
+        if kind == "input":
+            handles.append(module.register_forward_pre_hook(lambda m, args, keep=keep: keep(args[0])))
+        else:
+            handles.append(module.register_forward_hook(lambda m, args, output, keep=keep: keep(output)))
     try:
         model(**batch)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    return captured[0]
+        for handle in handles:
+            handle.remove()
+    return [captured[index] for index in range(len(taps))]
 
 
 @torch.no_grad()
@@ -144,13 +154,17 @@ def tune_masks(
     for group in tqdm(groups, desc="mask tuning", unit="group", disable=not progress):
         if group.count == 0:
             continue
-        dense_linear = dense_groups[group.key].linear
+        dense_sum_module = dense_groups[group.key].residual_sum
+        bias = group.linear.bias if group.linear.bias is not None else 0.0
         stats = None
         for batch in batches:
-            target = _capture(dense, dense_linear, batch, want_input=False)
-            inputs = _capture(compact, group.linear, batch, want_input=True)
-            bias = group.linear.bias if group.linear.bias is not None else 0.0
-            stats = _accumulate(stats, inputs, group.linear.weight, target - bias, group.width)
+            (dense_sum,) = _capture(dense, batch, [(dense_sum_module, "input")])
+            inputs, output, pruned_sum = _capture(
+                compact, batch, [(group.linear, "input"), (group.linear, "output"), (group.residual_sum, "input")]
+            )
+            pruned_residual = pruned_sum - output
+            target = dense_sum - pruned_residual - bias  # what Σ m_k c_k should be
+            stats = _accumulate(stats, inputs, group.linear.weight, target, group.width)
         scales, before, after = solve_scales(stats, ridge)
         columns = scales.to(group.linear.weight.dtype).repeat_interleave(group.width).to(device)
         group.linear.weight.mul_(columns)

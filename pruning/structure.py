@@ -41,6 +41,8 @@ class AttentionBlock:
     key: str
     value: str
     output: str
+    # The module whose input is residual + this block's output (post-LN models: the LayerNorm).
+    residual_sum: str
     # Cross-attention projects keys/values from the encoder's tokens, not the layer's own.
     attends_to_encoder: bool = False
 
@@ -51,6 +53,7 @@ class FeedForwardBlock:
 
     up: str
     down: str
+    residual_sum: str  # as for `AttentionBlock`
 
 
 @dataclass(frozen=True)
@@ -142,9 +145,10 @@ BERT = ArchitectureSpec(
                     key="attention.self.key",
                     value="attention.self.value",
                     output="attention.output.dense",
+                    residual_sum="attention.output.LayerNorm",
                 ),
             ),
-            ffn=FeedForwardBlock(up="intermediate.dense", down="output.dense"),
+            ffn=FeedForwardBlock(up="intermediate.dense", down="output.dense", residual_sum="output.LayerNorm"),
         ),
     ),
     tasks={
@@ -165,11 +169,12 @@ def _bart_attention(name: str, module: str, attends_to_encoder: bool = False) ->
         key=f"{module}.k_proj",
         value=f"{module}.v_proj",
         output=f"{module}.out_proj",
+        residual_sum=f"{module}_layer_norm",
         attends_to_encoder=attends_to_encoder,
     )
 
 
-_BART_FFN = FeedForwardBlock(up="fc1", down="fc2")
+_BART_FFN = FeedForwardBlock(up="fc1", down="fc2", residual_sum="final_layer_norm")
 
 BART = ArchitectureSpec(
     name="bart",

@@ -29,6 +29,7 @@ class UnitGroup:
     block: str  # attention block name, or FFN
     linear: nn.Linear
     width: int  # head_dim for heads, 1 for FFN units
+    residual_sum: nn.Module  # receives residual + `linear`'s output (see `structure.AttentionBlock`)
 
     @property
     def key(self) -> str:
@@ -49,5 +50,14 @@ def unit_groups(model: PreTrainedModel) -> Iterator[UnitGroup]:
     for stack, index, layer in iter_layers(model):
         head_dim = geometry.stack(stack.name).head_dim
         for block in stack.attention:
-            yield UnitGroup(stack.name, index, block.name, layer.get_submodule(block.output), head_dim)
-        yield UnitGroup(stack.name, index, FFN, layer.get_submodule(stack.ffn.down), 1)
+            yield UnitGroup(
+                stack.name,
+                index,
+                block.name,
+                layer.get_submodule(block.output),
+                head_dim,
+                layer.get_submodule(block.residual_sum),
+            )
+        yield UnitGroup(
+            stack.name, index, FFN, layer.get_submodule(stack.ffn.down), 1, layer.get_submodule(stack.ffn.residual_sum)
+        )

@@ -73,3 +73,19 @@ def test_bart_bench_times_encoder_and_generate():
     assert [r.unit for r in rows] == ["encoder", "generate"]
     assert rows[1].new_tokens == 3
     assert all(r.flops_ratio > 1.5 for r in rows)
+
+
+def test_bench_a_bart_whose_encoder_is_entirely_pruned():
+    """Found by post-training pruning: Fisher may remove every encoder head and unit; FLOPs ratio undefined."""
+    from tests.factories import tiny_bart
+
+    dense = tiny_bart()
+    plan = PruningPlan.full(geometry_of(dense.config))
+    for layer in plan.stacks["encoder"].layers:
+        layer.heads["self_attn"] = []
+        layer.ffn_units = []
+    rows = benchmark(dense, plan, "tiny", BenchSettings(seqs=(16,), repeats=1, warmup=0, new_tokens=2))
+    encoder = next(row for row in rows if row.unit == "encoder")
+    generate = next(row for row in rows if row.unit == "generate")
+    assert encoder.flops_ratio is None and generate.flops_ratio > 1.0
+    assert "—" in format_table(rows)
