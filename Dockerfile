@@ -1,6 +1,9 @@
 # blockserve on a CUDA node: torch CUDA build + onnxruntime-gpu, running as a non-root user.
 # Build:  docker build -t blockserve .
-# Run:    docker run --gpus all -v /path/to/checkpoints:/models blockserve bench --model /models/qa-compact --device cuda
+# Serve:  docker run --gpus all -p 8000:8000 -v /path/to/checkpoints:/models blockserve
+#         (deploy/serve-gpu.yaml: /models/{qa,summarize}-{dense,pruned}; any other config: `serve CONFIG`)
+# Other:  docker run --gpus all -v /path/to/checkpoints:/models blockserve bench --model /models/qa-pruned --device cuda
+# KubeRay runs the same image with its own `ray start` command (deploy/kuberay/rayservice.yaml).
 FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -33,8 +36,11 @@ USER app
 # Checkpoints are mounted at /models (or baked in by a derived image).
 VOLUME ["/models"]
 
-HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
-    CMD python -c "import onnxruntime, torch, pruning; assert torch.cuda.is_available()" || exit 1
+EXPOSE 8000
+
+# Healthy when Ray Serve's proxy answers its own health route (loading checkpoints takes a while).
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/-/healthz', timeout=5)" || exit 1
 
 ENTRYPOINT ["blockserve"]
-CMD ["--help"]
+CMD ["serve", "deploy/serve-gpu.yaml"]

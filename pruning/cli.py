@@ -145,6 +145,22 @@ def cmd_serve(args: argparse.Namespace) -> None:
     run_service(document, config)
 
 
+def cmd_kuberay(args: argparse.Namespace) -> None:
+    from service.kuberay import ClusterSpec, write_rayservice
+
+    cluster = ClusterSpec(
+        name=args.name,
+        image=args.image,
+        models_claim=args.models_claim,
+        gpu_workers_min=args.min_workers,
+        gpu_workers_max=args.max_workers,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+    if cluster.gpu_workers_max < cluster.gpu_workers_min:
+        raise BlockserveError(f"--max-workers ({args.max_workers}) is below --min-workers ({args.min_workers})")
+    print(f"wrote {write_rayservice(args.config, args.out, cluster)}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from pruning.evaluate import evaluate_checkpoint
 
@@ -455,6 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the Ray Serve application of a config file (deploy/serve.yaml)")
     serve.add_argument("config", type=_existing_file, help="Ray Serve config file")
     serve.set_defaults(run=cmd_serve)
+
+    kuberay = commands.add_parser(
+        "kuberay", help="write the KubeRay RayService manifest for a Serve config (validated first)"
+    )
+    kuberay.add_argument("config", type=_existing_file, help="Ray Serve config file (e.g. deploy/serve-gpu.yaml)")
+    kuberay.add_argument("--out", default="deploy/kuberay/rayservice.yaml")
+    kuberay.add_argument("--name", default="blockserve", help="RayService name")
+    kuberay.add_argument("--image", default="ghcr.io/blockserve/blockserve:latest", help="container image")
+    kuberay.add_argument("--models-claim", default="blockserve-models", help="PVC with the checkpoints (/models)")
+    kuberay.add_argument("--min-workers", type=_positive_int, default=1, help="GPU worker pods at least")
+    kuberay.add_argument("--max-workers", type=_positive_int, default=4, help="GPU worker pods at most")
+    kuberay.add_argument("--gpus-per-worker", type=_positive_int, default=1)
+    kuberay.set_defaults(run=cmd_kuberay)
 
     init = commands.add_parser(
         "init", help="write a random preset model with a tokenizer trained on local data (offline stand-in)"

@@ -32,7 +32,7 @@ def build_app(args: dict[str, Any]) -> Application:
                 SERVERS[route]
                 .options(
                     name=f"{route}-{name}",
-                    num_replicas=variant.replicas,
+                    **variant.scaling_options(),
                     ray_actor_options={"num_cpus": variant.num_cpus, "num_gpus": variant.num_gpus},
                     max_ongoing_requests=variant.max_ongoing_requests,
                     max_queued_requests=variant.max_queued_requests,
@@ -41,7 +41,7 @@ def build_app(args: dict[str, Any]) -> Application:
                 # Batching travels only in user_config: init args that change would restart replicas.
                 .bind(
                     name,
-                    variant.model_dump(exclude={"batching"}),
+                    variant.model_dump(exclude={"batching", "autoscaling"}),
                     task.limits.model_dump(),
                     task.generation.model_dump(),
                 )

@@ -29,6 +29,24 @@ class BatchingConfig(Strict):
     )
 
 
+class AutoscalingConfig(Strict):
+    """Ray Serve autoscaling of one deployment: replicas follow the requests each one holds."""
+
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(4, ge=1)
+    target_ongoing_requests: float = Field(
+        8.0, gt=0.0, description="requests per replica the autoscaler aims for (about one full batch)"
+    )
+    upscale_delay_s: float = Field(10.0, ge=0.0)
+    downscale_delay_s: float = Field(120.0, ge=0.0, description="slow: loading a checkpoint costs seconds")
+
+    @model_validator(mode="after")
+    def _range(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) is below min_replicas ({self.min_replicas})")
+        return self
+
+
 class GenerationConfig(Strict):
     """Decoding defaults for summarization; a request may lower the limits, never raise them."""
 
@@ -73,7 +91,8 @@ class VariantConfig(Strict):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="auto: float16 on CUDA, float32 on CPU"
     )
-    replicas: int = Field(1, ge=1)
+    replicas: int = Field(1, ge=1, description="fixed replica count; leave unset with `autoscaling`")
+    autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(1.0, gt=0.0)
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; fractions share a GPU")
     max_queued_requests: int = Field(64, ge=1, description="beyond this, 503 with Retry-After")
@@ -81,6 +100,18 @@ class VariantConfig(Strict):
     # it restarts replicas, while batching knobs must change in place.
     max_ongoing_requests: int = Field(32, ge=1, description="requests a replica holds at once (≥ max_batch_size)")
     batching: BatchingConfig = BatchingConfig()
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> VariantConfig:
+        if self.autoscaling is not None and "replicas" in self.model_fields_set:
+            raise ValueError("give either replicas (fixed) or autoscaling, not both")
+        return self
+
+    def scaling_options(self) -> dict:
+        """The Ray Serve deployment options for this variant's replica count."""
+        if self.autoscaling is None:
+            return {"num_replicas": self.replicas}
+        return {"autoscaling_config": self.autoscaling.model_dump()}
 
     @model_validator(mode="after")
     def _batches_can_fill(self) -> VariantConfig:
