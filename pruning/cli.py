@@ -391,8 +391,8 @@ def cmd_latency(args: argparse.Namespace) -> None:
     from pruning.checkpoint import load_checkpoint
     from pruning.latency import LatencySettings, check_predictions, latency_table, random_plans
     from pruning.presets import build_preset
-    from pruning.runners import Shape
-    from pruning.structure import geometry_of, spec_for_config, task_of
+    from pruning.runners import request_shape
+    from pruning.structure import geometry_of
 
     if args.arch:
         dense = build_preset(args.arch)
@@ -401,9 +401,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
         if checkpoint.is_compact:
             raise BlockserveError(f"{args.model} is compact; the latency model is measured on the dense model")
         dense = checkpoint.model
-    task = task_of(dense)
-    default_seq = spec_for_config(dense.config).tasks[task].default_workload.source_len
-    shape = Shape(args.batch, args.seq or default_seq, args.new_tokens if task == "summarization" else 0)
+    shape = request_shape(dense, args.batch, args.seq, args.new_tokens)
     settings = LatencySettings(
         shape=shape, runtime=args.runtime, device=args.device, repeats=args.repeats, threads=args.threads
     )

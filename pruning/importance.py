@@ -43,9 +43,7 @@ class Importance:
 
     def ranked(self, key: str) -> torch.Tensor:
         """Unit indices of a group, most important first (ties broken by index, so runs repeat)."""
-        scores = self.scores[key]
-        order = torch.argsort(-scores, stable=True)
-        return order
+        return torch.argsort(-self.scores[key], stable=True)
 
     def kept_value(self, key: str) -> torch.Tensor:
         """Total score kept when keeping the k best units, for k = 0..count (a cumulative sum)."""

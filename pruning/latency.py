@@ -27,6 +27,7 @@ import os
 import platform
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,8 +312,6 @@ def _time_plans(
 
 def measure_table(dense: PreTrainedModel, settings: LatencySettings) -> LatencyTable:
     """Probe the model at the settings' shape (see module docstring); minutes on a CPU."""
-    import time
-
     start = time.perf_counter()
     if settings.threads:
         torch.set_num_threads(settings.threads)

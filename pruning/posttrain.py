@@ -32,9 +32,9 @@ from pruning.evaluate import checkpoint_tokenizer, evaluate_model
 from pruning.importance import compute_importance
 from pruning.latency import LatencySettings, LatencyTable, latency_table
 from pruning.mask_tuning import tune_masks
-from pruning.runners import Shape, make_runner, random_inputs
+from pruning.runners import Shape, make_runner, random_inputs, request_shape
 from pruning.search import SearchResult, search_plan
-from pruning.structure import geometry_of, spec_for_config, task_of
+from pruning.structure import geometry_of, task_of
 from pruning.tasks import make_task
 from pruning.timing import time_interleaved
 
@@ -73,9 +73,6 @@ class PosttrainSettings(BaseModel):
         if self.latency_ms is not None and self.latency_ms <= 0:
             raise ValueError(f"latency_ms must be positive (got {self.latency_ms})")
         return self
-
-    def shape(self, task: str, default_seq: int) -> Shape:
-        return Shape(self.batch, self.seq or default_seq, self.new_tokens if task == "summarization" else 0)
 
 
 def measure_speedup(dense, compact, shape: Shape, settings: PosttrainSettings) -> tuple[float, float]:
@@ -130,7 +127,7 @@ def prune_posttrain(
     task = make_task(task_name, **settings.task_settings)
     tokenizer = checkpoint_tokenizer(checkpoint)
     geometry = geometry_of(dense.config)
-    shape = settings.shape(task_name, spec_for_config(dense.config).tasks[task_name].default_workload.source_len)
+    shape = request_shape(dense, settings.batch, settings.seq, settings.new_tokens)
 
     examples = task.load(Path(calib_file), settings.calib_samples)
     features = task.train_features(tokenizer, examples)

@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from pruning.errors import UnsupportedModelError
 from pruning.export import EXPORTABLE_TASKS, QA_INPUTS, export_qa_onnx, onnx_session
+from pruning.structure import spec_for_config, task_of
 
 RUNTIMES = ("torch", "onnx")
 
@@ -33,6 +34,15 @@ class Shape:
     def describe(self) -> str:
         text = f"b{self.batch} s{self.seq}"
         return f"{text} +{self.new_tokens} tokens" if self.new_tokens else text
+
+
+def request_shape(model: PreTrainedModel, batch: int, seq: int | None, new_tokens: int) -> Shape:
+    """The timed request shape for `model`'s task: `seq` defaults to the task's default workload, and
+    `new_tokens` counts only where the timed unit generates."""
+    task = task_of(model)
+    default = spec_for_config(model.config).tasks[task].default_workload
+    generates = _TORCH_UNITS.get(task) is _generate
+    return Shape(batch, seq or default.source_len, new_tokens if generates else 0)
 
 
 def random_inputs(model: PreTrainedModel, shape: Shape, device: str, seed: int = 0) -> dict[str, torch.Tensor]:
