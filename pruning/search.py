@@ -63,6 +63,12 @@ def search_plan(
         floor += latency[0]
         costs.append(latency - latency[0])  # ≥ 0: the curves are non-decreasing
         values.append(importance.kept_value(key).numpy())
+    if floor <= 0:
+        raise PlanError(
+            f"the latency model predicts {floor:.3f} ms with every head and FFN unit removed (dense "
+            f"{table.dense_ms:.3f} ms): its probes are noise, not signal (a very small model, or too few "
+            f"repeats); re-measure with more --repeats (--refresh-latency)"
+        )
     if budget_ms < floor:
         raise PlanError(
             f"a latency budget of {budget_ms:.2f} ms is out of reach: removing every head and FFN unit "
