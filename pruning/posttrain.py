@@ -19,11 +19,13 @@ import json
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
+from transformers import PreTrainedModel
 
 from pruning.checkpoint import Manifest, load_checkpoint, save_compact
 from pruning.compact import compact_model
@@ -148,9 +150,8 @@ def prune_posttrain(
     now = lap("latency_model", now)
 
     budget = settings.latency_ms if settings.latency_ms is not None else table.dense_ms / settings.speedup
-    result, compact, dense_ms, compact_ms, attempts = _search_and_verify(
-        dense, geometry, importance, table, budget, shape, settings
-    )
+    verified = _search_and_verify(dense, geometry, importance, table, budget, shape, settings)
+    result, compact = verified.result, verified.compact
     now = lap("search_and_measure", now)
 
     tuning = []
@@ -170,22 +171,8 @@ def prune_posttrain(
         }
         seconds["evaluation"] = round(time.perf_counter() - now, 1)
 
-    method = _method_record(
-        settings,
-        calib_file,
-        len(examples),
-        len(features),
-        model_dir,
-        result,
-        table,
-        cached,
-        dense_ms,
-        compact_ms,
-        tuning,
-        seconds,
-        attempts,
-        budget,
-    )
+    calibration = {"calib_file": str(calib_file), "calib_examples": len(examples), "calib_features": len(features)}
+    method = _method_record(settings, model_dir, calibration, verified, table, cached, tuning, seconds)
     manifest = save_compact(
         compact, result.plan, out_dir, source=str(model_dir), tokenizer=tokenizer, method=method, evaluation=evaluation
     )
@@ -194,6 +181,18 @@ def prune_posttrain(
     (out_dir / "latency_model.json").write_text(table.model_dump_json(indent=1))
     plot_posttrain(result, table, out_dir / "posttrain.png", title=f"{Path(model_dir).name} → {out_dir.name}")
     return manifest
+
+
+@dataclass
+class VerifiedPlan:
+    """The plan that was kept, its compact model, and what the device measured for it."""
+
+    result: SearchResult
+    compact: PreTrainedModel
+    budget_ms: float  # the asked budget (the search's may differ after corrections)
+    dense_ms: float
+    compact_ms: float
+    attempts: list[dict[str, float]]
 
 
 def _search_and_verify(
@@ -238,36 +237,29 @@ def _search_and_verify(
             log.warning("no correction possible (budget %.1f ms outside the searchable range)", corrected)
             break
         search_budget = corrected
-    return result, compact, dense_ms, compact_ms, attempts
+    return VerifiedPlan(result, compact, budget, dense_ms, compact_ms, attempts)
 
 
 def _method_record(
-    settings,
-    calib_file,
-    n_examples,
-    n_features,
+    settings: PosttrainSettings,
     model_dir,
-    result: SearchResult,
+    calibration: dict[str, Any],
+    verified: VerifiedPlan,
     table: LatencyTable,
-    cached,
-    dense_ms,
-    compact_ms,
-    tuning,
-    seconds,
-    attempts,
-    budget,
+    cached: bool,
+    tuning: list,
+    seconds: dict[str, float],
 ) -> dict[str, Any]:
+    result = verified.result
     improved = [t for t in tuning if t.error_after < t.error_before]
     return {
         "name": "posttrain",
         "model": str(model_dir),
         "importance": settings.importance,
-        "calib_file": str(calib_file),
-        "calib_examples": n_examples,
-        "calib_features": n_features,
+        **calibration,
         "budget": {
             "speedup": settings.speedup,
-            "latency_ms": round(budget, 3),
+            "latency_ms": round(verified.budget_ms, 3),
             "batch": table.key.batch,
             "seq": table.key.seq,
             "new_tokens": table.key.new_tokens,
@@ -287,14 +279,14 @@ def _method_record(
             "latency_model": {"cached": cached, "probes_seconds": table.seconds, "key": table.key.digest()},
         },
         "measured": {
-            "dense_ms": round(dense_ms, 3),
-            "compact_ms": round(compact_ms, 3),
-            "speedup": round(dense_ms / compact_ms, 4),
-            "attempts": attempts,  # search → measure rounds; later ones corrected the budget
+            "dense_ms": round(verified.dense_ms, 3),
+            "compact_ms": round(verified.compact_ms, 3),
+            "speedup": round(verified.dense_ms / verified.compact_ms, 4),
+            "attempts": verified.attempts,  # search → measure rounds; later ones corrected the budget
         },
         "mask_tuning": {
             "enabled": settings.tune,
-            "features": min(settings.tune_samples, n_features) if settings.tune else 0,
+            "features": min(settings.tune_samples, calibration["calib_features"]) if settings.tune else 0,
             "ridge": settings.ridge,
             "groups": len(tuning),
             "groups_improved": len(improved),

@@ -484,10 +484,12 @@ def test_a_measured_miss_corrects_the_search_budget(wordpiece_tokenizer, monkeyp
     monkeypatch.setattr(posttrain, "measure_speedup", lambda *args: next(measurements))
     settings = PosttrainSettings(speedup=1.05, tolerance=0.02)
     budget = 100.0 / 1.05
-    result, _, dense_ms, compact_ms, attempts = posttrain._search_and_verify(
+    verified = posttrain._search_and_verify(
         model, geometry_of(model.config), random_importance(model), table, budget, Shape(1, 16), settings
     )
-    assert len(attempts) == 2 and (dense_ms, compact_ms) == (100.0, 95.0)
+    result, attempts = verified.result, verified.attempts
+    assert len(attempts) == 2 and (verified.dense_ms, verified.compact_ms) == (100.0, 95.0)
+    assert verified.budget_ms == budget
     first_predicted = 100.0 / attempts[0]["predicted_speedup"]
     assert attempts[1]["search_budget_ms"] == pytest.approx(budget * first_predicted / 98.0, rel=1e-3)
     assert attempts[1]["search_budget_ms"] < budget and result.predicted_ms <= attempts[1]["search_budget_ms"]
