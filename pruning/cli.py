@@ -190,11 +190,12 @@ def _prune_posttrain(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from pruning.plan import describe_validation_error
-    from pruning.posttrain import PosttrainSettings, parse_budget, prune_posttrain
+    from pruning.posttrain import PosttrainSettings, prune_posttrain
 
     try:
         settings = PosttrainSettings(
-            **parse_budget(args.speedup, args.latency_ms),
+            speedup=args.speedup,
+            latency_ms=args.latency_ms,
             importance=args.importance,
             calib_samples=args.calib_samples,
             tune=args.tune,

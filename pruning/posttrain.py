@@ -29,7 +29,7 @@ from transformers import PreTrainedModel
 
 from pruning.checkpoint import Manifest, load_checkpoint, save_compact
 from pruning.compact import compact_model
-from pruning.errors import CheckpointError, PlanError
+from pruning.errors import CheckpointError
 from pruning.evaluate import checkpoint_tokenizer, evaluate_model
 from pruning.importance import compute_importance
 from pruning.latency import LatencySettings, LatencyTable, latency_table
@@ -346,10 +346,3 @@ def plot_posttrain(result: SearchResult, table: LatencyTable, path: Path, title:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def parse_budget(speedup: float | None, latency_ms: float | None) -> dict[str, float]:
-    """CLI helper: the budget fields, with the one-line error pydantic would give otherwise."""
-    if (speedup is None) == (latency_ms is None):
-        raise PlanError("give exactly one budget: --speedup X or --latency-ms Y")
-    return {"speedup": speedup} if speedup is not None else {"latency_ms": latency_ms}
