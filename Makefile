@@ -1,3 +1,5 @@
+SHARED := ../shared
+
 # Every target that runs code depends on the virtualenv, so each works as the first command on a
 # fresh machine. The stamp is rebuilt when pyproject.toml changes.
 PYTHON ?= python3
@@ -6,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench movement-qa movement-bart posttrain-qa posttrain-bart lint clean
+.PHONY: install test test-fast demo bench loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -43,9 +45,25 @@ bench: $(STAMP)
 	$(BENCH) --arch bart-large --seq 512 --batch 1 --new-tokens 32 --repeats 4 \
 		--json $(BENCH_OUT)/bart-large.jsonl --plot $(BENCH_OUT)/bart-large.png
 
+# Load test of the service (loadtests/results/cpu-bert-base, linked from README; ~8 minutes here):
+# BERT-base-shaped QA with random weights, dense vs compact (half the heads, a third of the FFN
+# units), started from deploy/loadtest-cpu.yaml, closed and open loop, then `blockserve bench` on the
+# same shapes. The models are built here the first time (a tokenizer trained on SQuAD dev, ~15 s).
+ZOO := artifacts/zoo
+LOADTEST_OUT := loadtests/results/cpu-bert-base
+$(ZOO)/qa-dense/model.safetensors: | $(STAMP)
+	$(BIN)/blockserve init --arch bert-base-uncased --corpus $(SHARED)/data/squad/dev.json --vocab-size 8000 \
+		--out $(ZOO)/qa-dense
+$(ZOO)/qa-pruned/blockserve.json: $(ZOO)/qa-dense/model.safetensors
+	$(BIN)/blockserve plan --model $(ZOO)/qa-dense --keep-heads 0.5 --keep-ffn 0.33 --out $(ZOO)/qa-plan.json
+	$(BIN)/blockserve compact --model $(ZOO)/qa-dense --plan $(ZOO)/qa-plan.json --out $(ZOO)/qa-pruned
+loadtest: $(STAMP) $(ZOO)/qa-pruned/blockserve.json
+	$(BIN)/blockserve loadtest --config deploy/loadtest-cpu.yaml --task qa --variants dense pruned \
+		--concurrency 1 2 4 8 --rates 1 2 3 --duration 6 --min-requests 10 --repeats 3 --slo-ms 1500 \
+		--out $(LOADTEST_OUT)
+
 # Small-scale runs of the paper's method quoted in BENCHMARKS.md (CPU: ~60 and ~25 minutes).
 # Checkpoints go to artifacts/ (not committed); manifests, histories and plots to benchmarks/movement/.
-SHARED := ../shared
 SQUAD := $(SHARED)/data/squad
 CNNDM := $(SHARED)/data/summarization
 MOVEMENT := benchmarks/movement

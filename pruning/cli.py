@@ -533,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", help="write a PNG of speedup vs FLOPs ratio")
     bench.set_defaults(run=cmd_bench)
 
+    _add_loadtest(commands)
+
     demo = commands.add_parser(
         "demo", help="serve a local zoo of dense and pruned QA and summarization models, query it, compare latency"
     )
@@ -544,6 +546,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--repeats", type=_positive_int, default=5, help="timed requests per variant")
     demo.set_defaults(run=cmd_demo)
     return parser
+
+
+def _add_loadtest(commands) -> None:
+    from loadtests import cli as loadtest_cli
+
+    loadtest = commands.add_parser(
+        "loadtest", help="load-test variants over HTTP (closed/open loop), client- and server-side, vs bench"
+    )
+    loadtest_cli.add_arguments(loadtest)
+    loadtest.set_defaults(run=loadtest_cli.run)
 
 
 def _add_task_options(parser: argparse.ArgumentParser) -> None:

@@ -95,6 +95,13 @@ class VariantConfig(Strict):
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(1.0, gt=0.0)
     num_gpus: float = Field(0.0, ge=0.0, description="per replica; fractions share a GPU")
+    # Ray sets OMP_NUM_THREADS to num_cpus (1 when fractional); a replica that shares its CPUs with
+    # idle ones (dense and pruned side by side, busy one at a time) may want more threads than that.
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="intra-op threads of the model (torch / ONNX Runtime); default: Ray's (num_cpus, 1 when fractional)",
+    )
     max_queued_requests: int = Field(64, ge=1, description="beyond this, 503 with Retry-After")
     # Ray Serve's default of 5 would silently cap batches. Not derived from the batch size: changing
     # it restarts replicas, while batching knobs must change in place.

@@ -84,6 +84,10 @@ class _ModelServer:
         self.limits = LimitsConfig.model_validate(limits)
         self.generation = GenerationConfig.model_validate(generation)
         self.device = resolve_device(self.variant.device)
+        if self.variant.threads:
+            import torch
+
+            torch.set_num_threads(self.variant.threads)
         self.checkpoint = load_checkpoint(
             self.variant.checkpoint, device=self.device, dtype=resolve_dtype(self.variant.dtype, self.device)
         )
@@ -122,7 +126,13 @@ class _ModelServer:
             "runtime": self.variant.runtime,
             "batching": self.batching.model_dump(),
             "replica_pid": os.getpid(),
+            "threads": self._threads(),
         }
+
+    def _threads(self) -> int:
+        import torch
+
+        return self.variant.threads or torch.get_num_threads()
 
     async def __call__(self, payload: Any) -> Outcome:
         try:
@@ -171,7 +181,7 @@ class QAServer(_ModelServer):
             path = Path(tempfile.mkdtemp(prefix="blockserve-onnx-")) / ONNX_NAME
             export_qa_onnx(self.checkpoint.model.float().cpu(), path)
         # Several replicas may share a CPU: idle ORT threads must not spin and steal it from the others.
-        return onnx_session(path, device=self.device, spinning=self.device == "cuda")
+        return onnx_session(path, device=self.device, threads=self.variant.threads, spinning=self.device == "cuda")
 
     def _warm_up(self) -> None:
         self.engine.answer([QAInput("What is served?", "Pruned models are served.")])

@@ -66,6 +66,7 @@ class VariantInfo(BaseModel):
     runtime: str
     batching: dict[str, int | float]
     replica_pid: int
+    threads: int = Field(description="intra-op threads the replica's model runs with")
 
 
 class ErrorBody(BaseModel):

@@ -1,0 +1,155 @@
+"""One load test from start to report: service → payloads → load windows → bench → summary → files."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from loadtests.analysis import level_results, ratios, slo_results
+from loadtests.bench_ratio import BenchResult, BenchSkipped, bench_variant
+from loadtests.launch import ServiceError, served
+from loadtests.payloads import Payloads, file_payloads, qa_payloads, summarize_payloads
+from loadtests.report import write_report
+from loadtests.runner import LoadSettings, LoadTest, Window
+from loadtests.summary import PayloadInfo, Summary, machine, nest
+from pruning.errors import BlockserveError
+
+log = logging.getLogger("blockserve.loadtest")
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_DATA = {
+    "qa": SHARED_DATA / "squad" / "dev.json",
+    "summarize": SHARED_DATA / "summarization" / "cnndm_test.jsonl",
+}
+DEFAULT_TOKENS = {"qa": 384, "summarize": 512}
+
+
+@dataclass(frozen=True)
+class PayloadOptions:
+    file: Path | None = None  # JSONL of request bodies; else generated from `data`
+    data: Path | None = None
+    tokens: int | None = None
+    count: int = 64
+    new_tokens: int | None = None  # summarization: asked of every request
+    tokenizer: str | None = None  # default: the baseline variant's checkpoint
+
+
+@dataclass(frozen=True)
+class Measured:
+    service: list[dict]
+    payloads: Payloads
+    windows: list[Window]
+    seconds: float
+
+
+def service_variants(url: str, route: str, variants: tuple[str, ...]) -> list[dict]:
+    """The `GET /v1/models` entries of `variants` on `route`, in that order; an error names what is missing."""
+    try:
+        response = httpx.get(f"{url}/v1/models", timeout=60)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
+        raise ServiceError(f"cannot list the service's models at {url}/v1/models: {error}") from None
+    served_here = {info["variant"]: info for info in response.json() if info["task"] == route}
+    missing = [name for name in variants if name not in served_here]
+    if missing:
+        known = ", ".join(sorted(served_here)) or "none"
+        raise ServiceError(f"/v1/{route} has no variant {', '.join(missing)} (served: {known})")
+    return [served_here[name] for name in variants]
+
+
+def make_payloads(route: str, options: PayloadOptions, baseline: dict) -> Payloads:
+    if options.file:
+        return file_payloads(route, options.file)
+    from transformers import AutoTokenizer
+
+    source = options.tokenizer or baseline["checkpoint"]
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise BlockserveError(
+            f"cannot load a tokenizer from {source} to cut payloads to length ({error}); "
+            "give --tokenizer, or --payloads with request bodies"
+        ) from None
+    data = options.data or DEFAULT_DATA[route]
+    tokens = options.tokens or DEFAULT_TOKENS[route]
+    if route == "qa":
+        return qa_payloads(tokenizer, data, tokens, options.count)
+    return summarize_payloads(tokenizer, data, tokens, options.count, options.new_tokens)
+
+
+def measure(url: str, settings: LoadSettings, options: PayloadOptions) -> Measured:
+    service = service_variants(url, settings.route, settings.variants)
+    payloads = make_payloads(settings.route, options, service[0])
+    log.info("payloads: %s", payloads.describe())
+    windows_total = len(settings.loads()) * settings.repeats * len(settings.variants)
+    log.info("%d windows (%d loads × %d repeats × %d variants)", windows_total, len(settings.loads()),
+             settings.repeats, len(settings.variants))  # fmt: skip
+    started = time.perf_counter()
+    windows = asyncio.run(LoadTest(url, settings, payloads).run())
+    return Measured(service, payloads, windows, time.perf_counter() - started)
+
+
+def run_loadtest(
+    settings: LoadSettings,
+    options: PayloadOptions,
+    out: Path,
+    *,
+    url: str | None = None,
+    config: Path | None = None,
+    port: int | None = None,
+    bench_repeats: int | None = 20,
+    reproduce: str = "",
+) -> Summary:
+    """Measure against `url`, or against the service of `config` started here; bench; write the report to `out`."""
+    if (url is None) == (config is None):
+        raise ValueError("give exactly one of url and config")
+    started_at = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
+    started = time.perf_counter()
+    if config is not None:
+        with served(config, port) as url:
+            measured = measure(url, settings, options)
+    else:
+        measured = measure(url.rstrip("/"), settings, options)
+    # The bench runs with the service idle (or, started here, shut down): it must not share the cores.
+    bench: list[BenchResult | BenchSkipped] = []
+    if bench_repeats:
+        baseline = measured.service[0]
+        bench = [bench_variant(baseline, info, measured.payloads, bench_repeats) for info in measured.service[1:]]
+    bench_by_variant = {b.variant: b.row.speedup for b in bench if isinstance(b, BenchResult)}
+    levels = level_results(measured.windows, settings)
+    variant_ratios = ratios(levels, settings, bench_by_variant)
+    headline = variant_ratios[0]
+    summary = Summary(
+        client_ratio=headline.client,
+        server_ratio=headline.server,
+        bench_ratio=headline.bench,
+        baseline=settings.variants[0],
+        compared=headline.variant,
+        url=url,
+        route=settings.route,
+        started=started_at.isoformat(),
+        seconds=time.perf_counter() - started,
+        machine=machine(),
+        settings=settings,
+        payloads=PayloadInfo(
+            description=measured.payloads.describe(),
+            source=measured.payloads.source,
+            count=len(measured.payloads.bodies),
+            tokens=measured.payloads.tokens,
+            new_tokens=measured.payloads.new_tokens,
+        ),
+        service=measured.service,
+        ratios=variant_ratios,
+        bench=bench,
+        slo=slo_results(levels, settings),
+        variants=nest(levels),
+    )
+    records = [record for window in measured.windows for record in window.records]
+    paths = write_report(summary, records, out, reproduce)
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return summary
