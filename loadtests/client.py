@@ -121,7 +121,7 @@ async def closed_loop(
     """`concurrency` workers until `duration_s` has passed and `min_requests` have finished.
 
     A slow variant still gets `min_requests` samples, but never runs past 4 × `duration_s`
-    (plus the requests then in flight).
+    (plus the requests then in flight). A `duration_s` of 0 (a warm-up) sends `min_requests`, uncapped.
     """
     load = Load("closed", concurrency)
     records: list[RequestRecord] = []
@@ -130,7 +130,7 @@ async def closed_loop(
 
     def more() -> bool:
         elapsed = time.perf_counter() - start
-        return elapsed < duration_s or (len(records) < min_requests and elapsed < 4 * duration_s)
+        return elapsed < duration_s or (len(records) < min_requests and (elapsed < 4 * duration_s or not duration_s))
 
     async def worker() -> None:
         while more():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +48,8 @@ def served(config: Path, port: int | None = None, ready_timeout_s: float = 600.0
         document = {**document, "http_options": {**(document.get("http_options") or {}), "port": port}}
     log.info("starting the service of %s (Ray Serve, models load in the replicas)", config)
     started = time.perf_counter()
+    # A busy machine (the load generator shares it) can take longer than Ray's default 5 s to start the proxy.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     # Replicas' logs (one line per request) stay in Ray's log files instead of interleaving with progress.
     ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
     try:

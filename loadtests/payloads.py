@@ -41,7 +41,7 @@ class Payloads:
 
 
 def _cut(tokenizer, text: str, tokens: int) -> str:
-    """`text` cut after its first `tokens` tokens (by character offsets, so the words stay intact)."""
+    """`text` up to the end of its `tokens`-th token (a prefix of the original text; it may end inside a word)."""
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     offsets = encoded["offset_mapping"]
     if len(offsets) < tokens:

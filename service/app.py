@@ -46,8 +46,11 @@ def build_app(args: dict[str, Any]) -> Application:
                     task.generation.model_dump(),
                 )
             )
-    # The ingress only validates and routes: it reserves no CPU the model replicas could use.
-    return Ingress.options(name="ingress", ray_actor_options={"num_cpus": 0}).bind(config.model_dump(), servers)
+    # The ingress only validates and routes: it reserves no CPU the model replicas could use, and holds
+    # every request the models can take, so requests wait in the models' batch queues, not in the proxy.
+    return Ingress.options(
+        name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=config.ingress_capacity()
+    ).bind(config.model_dump(), servers)
 
 
 def read_serve_config(path: str | Path) -> tuple[dict[str, Any], AppConfig]:

@@ -87,3 +87,20 @@ def test_onnx_runtime_is_for_qa_only():
     data = {"summarize": {"default_variant": "d", "variants": {"d": {"checkpoint": "x", "runtime": "onnx"}}}}
     with pytest.raises(ValidationError, match="only 'torch' serves summarization"):
         AppConfig.model_validate(data)
+
+
+def test_ingress_holds_every_request_the_models_can_hold():
+    # Fewer, and the surplus would wait in Ray's HTTP proxy: invisible to the metrics, never batched.
+    data = _config()
+    data["qa"]["variants"]["dense"].update(max_ongoing_requests=16, max_queued_requests=10, replicas=2)
+    data["qa"]["variants"]["pruned"].update(autoscaling={"min_replicas": 1, "max_replicas": 3})
+    config = AppConfig.model_validate(data)
+    assert config.ingress_capacity() == 2 * (16 + 10) + 3 * (32 + 64)
+
+
+def test_threads_are_optional_and_positive():
+    data = _config()
+    assert AppConfig.model_validate(data).qa.variants["dense"].threads is None
+    data["qa"]["variants"]["dense"]["threads"] = 0
+    with pytest.raises(ValidationError, match="threads"):
+        AppConfig.model_validate(data)
