@@ -59,7 +59,7 @@ $(ZOO)/qa-pruned/blockserve.json: $(ZOO)/qa-dense/model.safetensors
 	$(BIN)/blockserve compact --model $(ZOO)/qa-dense --plan $(ZOO)/qa-plan.json --out $(ZOO)/qa-pruned
 loadtest: $(STAMP) $(ZOO)/qa-pruned/blockserve.json
 	$(BIN)/blockserve loadtest --config deploy/loadtest-cpu.yaml --task qa --variants dense pruned \
-		--concurrency 1 2 4 8 --rates 1 2 3 --duration 6 --min-requests 10 --repeats 3 --slo-ms 1500 \
+		--concurrency 1 2 4 8 --rates 0.5 1 2 --duration 6 --min-requests 10 --repeats 3 --slo-ms 1500 \
 		--out $(LOADTEST_OUT)
 
 # Small-scale runs of the paper's method quoted in BENCHMARKS.md (CPU: ~60 and ~25 minutes).

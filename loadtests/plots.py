@@ -22,6 +22,15 @@ def _pyplot():
     return plt
 
 
+def _plain_log(axis) -> None:
+    """Log scale labelled 300, 1000, 3000 rather than 3×10², which collide on a narrow range."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ScalarFormatter())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_latency_vs_load(summary: Summary, path: Path) -> None:
     """Per mode: client p50 and p99 (solid, dashed) and server p50 (dotted) against load; closed-loop throughput."""
     plt = _pyplot()
@@ -46,6 +55,7 @@ def plot_latency_vs_load(summary: Summary, path: Path) -> None:
         if kind == "latency":
             ax.axhline(summary.settings.slo_ms, color="grey", linewidth=0.8, linestyle="-.", label="p99 SLO")
             ax.set_yscale("log")
+            _plain_log(ax.yaxis)
             ax.set_ylabel("latency (ms, client)")
         else:
             ax.set_ylabel("answered requests / s")
@@ -80,6 +90,7 @@ def plot_cdf(summary: Summary, records: list[RequestRecord], path: Path) -> None
                     ax.plot(samples, np.arange(1, samples.size + 1) / samples.size, style, color=color, label=label)
         ax.axvline(summary.settings.slo_ms, color="grey", linewidth=0.8, linestyle="-.", label="p99 SLO")
         ax.set_xscale("log")
+        _plain_log(ax.xaxis)
         ax.set_xlabel("latency (ms, client)")
         ax.set_ylabel("fraction of requests")
         ax.set_title(f"latency CDF, {mode} loop")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +76,8 @@ def make_payloads(route: str, options: PayloadOptions, baseline: dict) -> Payloa
             f"cannot load a tokenizer from {source} to cut payloads to length ({error}); "
             "give --tokenizer, or --payloads with request bodies"
         ) from None
-    data = options.data or DEFAULT_DATA[route]
+    # Relative when it can be, so reports name ../shared/data/... rather than this machine's absolute path.
+    data = Path(os.path.relpath(options.data or DEFAULT_DATA[route]))
     tokens = options.tokens or DEFAULT_TOKENS[route]
     if route == "qa":
         return qa_payloads(tokenizer, data, tokens, options.count)
