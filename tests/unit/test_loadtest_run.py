@@ -153,3 +153,15 @@ def test_cli_with_nothing_listening_says_so(payload_file, tmp_path, capsys):
     assert _cli(f"http://127.0.0.1:{port}", payload_file, tmp_path) == 2
     error = capsys.readouterr().err
     assert f"cannot list the service's models at http://127.0.0.1:{port}/v1/models" in error
+
+
+def test_summarize_route_runs_end_to_end(tmp_path):
+    payloads = tmp_path / "articles.jsonl"
+    payloads.write_text(json.dumps({"text": "A long article about pruning.", "max_new_tokens": 4}) + "\n")
+    settings = LoadSettings(route="summarize", concurrency=(1,), duration_s=0.3, min_requests=3, warmup=1, repeats=1)
+    with running(Stub(route="summarize", variants={"dense": 0.03, "pruned": 0.01})) as url:
+        summary = run_loadtest(settings, PayloadOptions(file=payloads), tmp_path / "out", url=url, bench_repeats=None)
+    assert summary.route == "summarize"
+    for level in summary.levels():
+        assert level.errors == 0 and level.server.requests == level.ok >= 3
+    assert summary.client_ratio > 1.5
