@@ -143,8 +143,8 @@ posttrain-bart: $(STAMP) $(BART)-dense/model.safetensors
 	cp $(PT_OUT)/bart-small-fisher-1.5/posttrain.png $(POSTTRAIN)/bart-small-fisher-1.5.png
 
 lint: $(STAMP)
-	$(BIN)/ruff check pruning service loadtests tests
-	$(BIN)/ruff format --check pruning service loadtests tests
+	$(BIN)/ruff check pruning service loadtests blockserve tests
+	$(BIN)/ruff format --check pruning service loadtests blockserve tests
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -80,13 +80,13 @@ class VariantRatio(BaseModel):
     """Baseline / variant at concurrency 1 (> 1: the variant is faster)."""
 
     variant: str
-    client: float | None
-    client_by_repeat: list[float]
-    server: float | None  # p50 from the server's histograms
-    server_mean: float | None  # mean (histogram sum / count): no bucket interpolation
-    bench: float | None
-    client_vs_bench: float | None  # client / bench - 1
-    server_vs_client: float | None  # server / client - 1
+    client: float | None = None
+    client_by_repeat: list[float] = []
+    server: float | None = None  # p50 from the server's histograms
+    server_mean: float | None = None  # mean (histogram sum / count): no bucket interpolation
+    bench: float | None = None
+    client_vs_bench: float | None = None  # client / bench - 1
+    server_vs_client: float | None = None  # server / client - 1
 
 
 class SloResult(BaseModel):
@@ -169,9 +169,7 @@ def ratios(levels: list[LevelResult], settings: LoadSettings, bench: dict[str, f
     for variant in settings.variants[1:]:
         other = find(levels, variant, "closed", 1)
         if baseline is None or other is None or baseline.client is None or other.client is None:
-            results.append(VariantRatio(variant=variant, client=None, client_by_repeat=[], server=None,
-                                        server_mean=None, bench=bench.get(variant), client_vs_bench=None,
-                                        server_vs_client=None))  # fmt: skip
+            results.append(VariantRatio(variant=variant, bench=bench.get(variant)))
             continue
         client = baseline.client.p50 / other.client.p50
         by_repeat = [a / b for a, b in zip(baseline.repeat_p50_ms, other.repeat_p50_ms, strict=False)]

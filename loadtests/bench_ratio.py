@@ -14,11 +14,12 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from loadtests.payloads import Payloads
-from pruning.bench import BenchRow, BenchSettings, benchmark
-from pruning.checkpoint import load_checkpoint, read_manifest
+from pruning.artifacts.checkpoint import load_checkpoint
+from pruning.core.task_registry import route_entry
+from pruning.runtime.bench import BenchRow, BenchSettings, benchmark
+from service.schemas import VariantInfo
 
 log = logging.getLogger("blockserve.loadtest")
-UNITS = {"qa": "forward", "summarize": "generate"}  # the bench unit that is one request's model work
 
 
 class BenchResult(BaseModel):
@@ -32,42 +33,47 @@ class BenchSkipped(BaseModel):
     reason: str
 
 
-def _local(checkpoint: str) -> bool:
-    return Path(checkpoint).is_dir()
+def bench_variant(
+    baseline: VariantInfo, variant: VariantInfo, payloads: Payloads, repeats: int
+) -> BenchResult | BenchSkipped:
+    """Time the baseline's model against its compaction to the variant's plan, both as `/v1/models` says.
 
-
-def bench_variant(baseline: dict, variant: dict, payloads: Payloads, repeats: int) -> BenchResult | BenchSkipped:
-    """Time `baseline`'s model against its compaction to `variant`'s plan (`/v1/models` entries)."""
-    name = variant["variant"]
-    if not variant.get("compact"):
+    The plan comes from the service itself; only the baseline's (dense) checkpoint has to be readable
+    here, since the bench compacts it to that plan in this process.
+    """
+    name = variant.variant
+    if variant.plan is None:
         return BenchSkipped(variant=name, reason="not a compact checkpoint: no plan to bench")
-    for info in (baseline, variant):
-        if not _local(info["checkpoint"]):
-            return BenchSkipped(variant=name, reason=f"{info['checkpoint']} is not a local directory here")
+    command = (
+        f"blockserve bench --model {variant.checkpoint} --seq {payloads.tokens} --batch 1 "
+        f"--runtime {variant.runtime} --threads {variant.threads} --repeats {repeats}"
+        + (f" --new-tokens {payloads.new_tokens or 32}" if route_entry(payloads.task).generates else "")
+    )
+    if not Path(baseline.checkpoint).is_dir():
+        return BenchSkipped(
+            variant=name,
+            reason=f"the baseline's checkpoint {baseline.checkpoint} is not reachable from the load generator "
+            f"(no such directory here); run `{command}` where the checkpoints are",
+        )
     if payloads.tokens is None:
         return BenchSkipped(variant=name, reason="payloads from a file have no fixed length")
-    if variant["device"] != "cpu" and variant["device"] != baseline["device"]:
+    if variant.device != "cpu" and variant.device != baseline.device:
         return BenchSkipped(variant=name, reason="variants run on different devices")
-    manifest = read_manifest(Path(variant["checkpoint"]))
-    dense = load_checkpoint(baseline["checkpoint"], device=variant["device"]).model
+    dense = load_checkpoint(baseline.checkpoint, device=variant.device).model
     settings = BenchSettings(
         batches=(1,),
         seqs=(payloads.tokens,),
-        runtimes=(variant["runtime"],),
+        runtimes=(variant.runtime,),
         repeats=repeats,
         new_tokens=payloads.new_tokens or 32,
-        threads=variant["threads"],
-        device=variant["device"],
+        threads=variant.threads,
+        device=variant.device,
     )
-    log.info("bench: %s vs %s at %d tokens, %d threads", baseline["checkpoint"], variant["checkpoint"],
-             payloads.tokens, variant["threads"])  # fmt: skip
-    rows = benchmark(dense, manifest.plan, Path(variant["checkpoint"]).name, settings)
-    row = next(r for r in rows if r.unit == UNITS[payloads.task])
-    command = (
-        f"blockserve bench --model {variant['checkpoint']} --seq {payloads.tokens} --batch 1 "
-        f"--runtime {variant['runtime']} --threads {variant['threads']} --repeats {repeats}"
-        + (f" --new-tokens {settings.new_tokens}" if payloads.task == "summarize" else "")
-    )
-    if Path(manifest.source).resolve() != Path(baseline["checkpoint"]).resolve():
-        command += f"  (its manifest's source is {manifest.source}; here the dense model is {baseline['checkpoint']})"
+    log.info("bench: %s vs plan %s of %s at %d tokens, %d threads", baseline.checkpoint, variant.plan_digest,
+             variant.checkpoint, payloads.tokens, variant.threads)  # fmt: skip
+    rows = benchmark(dense, variant.plan, Path(variant.checkpoint).name, settings)
+    entry = route_entry(payloads.task)
+    row = next(r for r in rows if r.unit == entry.timed_unit)  # the bench unit that is one request's model work
+    if variant.source and Path(variant.source).resolve() != Path(baseline.checkpoint).resolve():
+        command += f"  (its manifest's source is {variant.source}; here the dense model is {baseline.checkpoint})"
     return BenchResult(variant=name, command=command, row=row)

@@ -14,6 +14,7 @@ Every request sent gets a record, answered or not (timeouts and connection error
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Sequence
@@ -126,7 +127,7 @@ async def closed_loop(
     load = Load("closed", concurrency)
     records: list[RequestRecord] = []
     start = time.perf_counter()
-    counter = iter(range(first_index, first_index + 10**9))
+    counter = itertools.count(first_index)
 
     def more() -> bool:
         elapsed = time.perf_counter() - start

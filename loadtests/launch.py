@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from pruning.errors import BlockserveError
+from pruning.core.errors import BlockserveError
 
 log = logging.getLogger("blockserve.loadtest")
 

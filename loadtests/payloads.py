@@ -16,13 +16,11 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from pruning.errors import DataError
-from pruning.plan import describe_validation_error
+from pruning.core.errors import DataError
+from pruning.core.plan import describe_validation_error
+from pruning.core.task_registry import route_entry
 from pruning.tasks.qa import read_squad
 from pruning.tasks.summarization import read_jsonl
-from service.schemas import QARequest, SummarizeRequest
-
-SCHEMAS = {"qa": QARequest, "summarize": SummarizeRequest}
 
 
 @dataclass(frozen=True)
@@ -62,8 +60,13 @@ def _exact(tokenizer, text: str, tokens: int) -> str | None:
     return None
 
 
-def qa_payloads(tokenizer, squad: Path, tokens: int, count: int, seed: int = 0) -> Payloads:
-    """`count` QA bodies whose question + context + special tokens are exactly `tokens` long."""
+def qa_payloads(
+    tokenizer, squad: Path, tokens: int, count: int, new_tokens: int | None = None, seed: int = 0
+) -> Payloads:
+    """`count` QA bodies whose question + context + special tokens are exactly `tokens` long.
+
+    `new_tokens` is ignored (nothing is generated); it keeps one signature for every task's builder.
+    """
     examples = read_squad(squad)
     contexts = list(dict.fromkeys(example.context for example in examples))  # distinct, in file order
     specials = tokenizer.num_special_tokens_to_add(pair=True)
@@ -121,7 +124,7 @@ def file_payloads(task: str, path: Path) -> Payloads:
             continue
         try:
             body = json.loads(line)
-            SCHEMAS[task].model_validate(body)
+            route_entry(task).resolve("request_schema").model_validate(body)
         except json.JSONDecodeError as error:
             raise DataError(f"{path}:{number}: not JSON: {error}") from None
         except ValidationError as error:

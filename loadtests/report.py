@@ -31,7 +31,8 @@ def _ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.1f}"
 
 
-def _x(value: float | None) -> str:
+def times(value: float | None) -> str:
+    """A ratio as `2.38×` (`—` when undefined)."""
     return "—" if value is None else f"{value:.2f}×"
 
 
@@ -77,13 +78,12 @@ def markdown(summary: Summary, reproduce: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for info in s.service:
-        plan = "; ".join(f"{stack}: " + ", ".join(f"{k} {v}" for k, v in kept.items()) for stack, kept in (info.get("plan") or {}).items())  # fmt: skip
-        flops = info.get("flops_ratio")
-        batching = ", ".join(f"{k} {v}" for k, v in info["batching"].items())
+        plan = info.plan_summary.describe() if info.plan_summary else "dense"
+        batching = ", ".join(f"{k} {v}" for k, v in info.batching.model_dump().items())
         lines.append(
-            f"| {info['variant']} | `{info['checkpoint']}` | {'yes' if info['compact'] else 'no'} | {plan or 'dense'} | "
-            f"{info['params'] / 1e6:.1f} M | {'—' if flops is None else f'{flops:.2f}'} | {info['runtime']} | "
-            f"{info['device']} | {info.get('threads', '—')} | {batching} |"
+            f"| {info.variant} | `{info.checkpoint}` | {'yes' if info.compact else 'no'} | {plan} | "
+            f"{info.params / 1e6:.1f} M | {'—' if info.flops_ratio is None else f'{info.flops_ratio:.2f}'} | "
+            f"{info.runtime} {info.dtype} | {info.device} | {info.threads} | {batching} |"
         )
     lines += [
         "",
@@ -95,7 +95,7 @@ def markdown(summary: Summary, reproduce: str) -> str:
     for r in s.ratios:
         repeats = ", ".join(f"{x:.2f}" for x in r.client_by_repeat) or "—"
         lines.append(
-            f"| {r.variant} | {_x(r.client)} | {repeats} | {_x(r.server)} | {_x(r.server_mean)} | {_x(r.bench)} | "
+            f"| {r.variant} | {times(r.client)} | {repeats} | {times(r.server)} | {times(r.server_mean)} | {times(r.bench)} | "
             f"{_pct(r.client_vs_bench)} | {_pct(r.server_vs_client)} |"
         )
     lines += ["", "Bench: " + "; ".join(

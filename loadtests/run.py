@@ -9,53 +9,77 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from loadtests.analysis import level_results, ratios, slo_results
 from loadtests.bench_ratio import BenchResult, BenchSkipped, bench_variant
 from loadtests.launch import ServiceError, served
-from loadtests.payloads import Payloads, file_payloads, qa_payloads, summarize_payloads
+from loadtests.payloads import Payloads, file_payloads
 from loadtests.report import write_report
 from loadtests.runner import LoadSettings, LoadTest, Window
 from loadtests.summary import PayloadInfo, Summary, machine, nest
-from pruning.errors import BlockserveError
+from pruning.core.errors import BlockserveError
+from pruning.core.options import ExistingFile, Flag
+from pruning.core.plan import describe_validation_error
+from pruning.core.task_registry import route_entry
+from pruning.zoo.shared_assets import sample_data
+from service.schemas import VariantInfo
 
 log = logging.getLogger("blockserve.loadtest")
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-DEFAULT_DATA = {
-    "qa": SHARED_DATA / "squad" / "dev.json",
-    "summarize": SHARED_DATA / "summarization" / "cnndm_test.jsonl",
-}
-DEFAULT_TOKENS = {"qa": 384, "summarize": 512}
+VARIANT_LIST = TypeAdapter(list[VariantInfo])
 
 
-@dataclass(frozen=True)
-class PayloadOptions:
-    file: Path | None = None  # JSONL of request bodies; else generated from `data`
-    data: Path | None = None
-    tokens: int | None = None
-    count: int = 64
-    new_tokens: int | None = None  # summarization: asked of every request
-    tokenizer: str | None = None  # default: the baseline variant's checkpoint
+PAYLOADS = "payloads (default: real text from ../shared/data cut to --tokens)"
+
+
+class PayloadOptions(BaseModel):
+    """What the load test sends (every field is a flag of `blockserve loadtest`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    file: Annotated[ExistingFile | None, Flag("--payloads", group=PAYLOADS)] = Field(
+        None, description="JSONL of request bodies instead of generated ones"
+    )
+    data: Annotated[ExistingFile | None, Flag(group=PAYLOADS)] = Field(
+        None, description="SQuAD JSON (qa) or CNN/DM JSONL (summarize) to cut from"
+    )
+    tokens: Annotated[int | None, Flag(group=PAYLOADS)] = Field(
+        None, ge=8, le=65536, description="model positions per request (qa: 384, summarize: 512)"
+    )
+    count: Annotated[int, Flag(group=PAYLOADS)] = Field(64, ge=1, le=10**5, description="distinct requests generated")
+    new_tokens: Annotated[int | None, Flag(group=PAYLOADS)] = Field(
+        None, ge=1, le=4096, description="summarize: max_new_tokens asked of every request"
+    )
+    tokenizer: Annotated[str | None, Flag(group=PAYLOADS)] = Field(
+        None, description="tokenizer to measure lengths with (default: the baseline's)"
+    )
 
 
 @dataclass(frozen=True)
 class Measured:
-    service: list[dict]
+    service: list[VariantInfo]
     payloads: Payloads
     windows: list[Window]
     seconds: float
 
 
-def service_variants(url: str, route: str, variants: tuple[str, ...]) -> list[dict]:
+def service_variants(url: str, route: str, variants: tuple[str, ...]) -> list[VariantInfo]:
     """The `GET /v1/models` entries of `variants` on `route`, in that order; an error names what is missing."""
     try:
         response = httpx.get(f"{url}/v1/models", timeout=60)
         response.raise_for_status()
     except httpx.HTTPError as error:
         raise ServiceError(f"cannot list the service's models at {url}/v1/models: {error}") from None
-    served_here = {info["variant"]: info for info in response.json() if info["task"] == route}
+    try:
+        infos = VARIANT_LIST.validate_python(response.json())
+    except ValidationError as error:
+        raise ServiceError(
+            f"{url}/v1/models is not a blockserve model list: {describe_validation_error(error)}"
+        ) from None
+    served_here = {info.variant: info for info in infos if info.task == route}
     missing = [name for name in variants if name not in served_here]
     if missing:
         known = ", ".join(sorted(served_here)) or "none"
@@ -63,12 +87,12 @@ def service_variants(url: str, route: str, variants: tuple[str, ...]) -> list[di
     return [served_here[name] for name in variants]
 
 
-def make_payloads(route: str, options: PayloadOptions, baseline: dict) -> Payloads:
+def make_payloads(route: str, options: PayloadOptions, baseline: VariantInfo) -> Payloads:
     if options.file:
         return file_payloads(route, options.file)
     from transformers import AutoTokenizer
 
-    source = options.tokenizer or baseline["checkpoint"]
+    source = options.tokenizer or baseline.checkpoint
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
@@ -77,11 +101,10 @@ def make_payloads(route: str, options: PayloadOptions, baseline: dict) -> Payloa
             "give --tokenizer, or --payloads with request bodies"
         ) from None
     # Relative when it can be, so reports name ../shared/data/... rather than this machine's absolute path.
-    data = Path(os.path.relpath(options.data or DEFAULT_DATA[route]))
-    tokens = options.tokens or DEFAULT_TOKENS[route]
-    if route == "qa":
-        return qa_payloads(tokenizer, data, tokens, options.count)
-    return summarize_payloads(tokenizer, data, tokens, options.count, options.new_tokens)
+    entry = route_entry(route)
+    data = Path(os.path.relpath(options.data or sample_data(entry)))
+    tokens = options.tokens or entry.default_workload.source_len
+    return entry.resolve("payloads")(tokenizer, data, tokens, options.count, options.new_tokens)
 
 
 def measure(url: str, settings: LoadSettings, options: PayloadOptions) -> Measured:

@@ -13,14 +13,17 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import Annotated
 
 import httpx
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from loadtests.client import Load, RequestRecord, Target, closed_loop, open_loop
 from loadtests.payloads import Payloads
 from loadtests.prometheus import Histogram, Snapshot, parse
+from pruning.core.options import Flag
+from pruning.core.task_registry import Route
 
 log = logging.getLogger("blockserve.loadtest")
 REQUEST, QUEUE, INFERENCE, BATCH = (
@@ -30,27 +33,33 @@ REQUEST, QUEUE, INFERENCE, BATCH = (
 
 
 class LoadSettings(BaseModel):
-    """What load to apply; every field is a CLI option of `blockserve loadtest`."""
+    """What load to apply; every field is a flag of `blockserve loadtest`."""
 
-    route: str = "qa"
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    route: Annotated[Route, Flag("--task")] = Field("qa", description="route under test (/v1/TASK)")
     variants: tuple[str, ...] = Field(("dense", "pruned"), min_length=2, description="the first is the baseline")
-    concurrency: tuple[int, ...] = (1, 2, 4, 8)
-    rates: tuple[float, ...] = ()
-    duration_s: float = Field(10.0, gt=0)
-    min_requests: int = Field(10, ge=1, description="closed loop: at least this many per window")
-    warmup: int = Field(3, ge=0, description="requests per window before measuring, discarded")
-    repeats: int = Field(3, ge=1)
-    timeout_s: float = Field(60.0, gt=0, description="client timeout per request; open loop: drain time")
-    slo_ms: float = Field(1000.0, gt=0, description="p99 objective for 'max throughput under the SLO'")
+    concurrency: Annotated[tuple[int, ...], Flag(nargs="*")] = Field((1, 2, 4, 8), description="closed-loop levels")
+    rates: Annotated[tuple[float, ...], Flag(nargs="*")] = Field((), description="open-loop Poisson rates (req/s)")
+    duration_s: Annotated[float, Flag("--duration")] = Field(
+        10.0, gt=0, le=86400, description="seconds per measured window"
+    )
+    min_requests: int = Field(10, ge=1, le=10**6, description="closed loop: at least this many per window")
+    warmup: int = Field(3, ge=0, le=10**4, description="requests per window before measuring, discarded")
+    repeats: int = Field(3, ge=1, le=1000, description="windows per variant and level (order alternated)")
+    timeout_s: Annotated[float, Flag("--timeout")] = Field(
+        60.0, gt=0, le=3600, description="client timeout per request (s); open loop: drain time"
+    )
+    slo_ms: float = Field(1000.0, gt=0, le=1e7, description="p99 objective for max throughput under SLO")
     max_error_ratio: float = Field(0.01, ge=0, le=1, description="a level with more errors misses the SLO")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _levels(self) -> LoadSettings:
         if not self.concurrency and not self.rates:
             raise ValueError("give at least one concurrency level or one arrival rate")
-        if any(c < 1 for c in self.concurrency) or any(r <= 0 for r in self.rates):
-            raise ValueError("concurrency levels must be ≥ 1 and rates > 0")
+        if any(not 1 <= c <= 4096 for c in self.concurrency) or any(not 0 < r <= 1e5 for r in self.rates):
+            raise ValueError("`concurrency` levels must be in 1..4096 and `rates` in (0, 100000] req/s")
         if len(set(self.variants)) != len(self.variants):
             raise ValueError(f"variants repeat: {self.variants}")
         return self

@@ -23,8 +23,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.config import BatchingConfig
 from service.metrics import BatchObservation, ServiceMetrics
-from service.schemas import QARequest, SummarizeRequest
+from service.schemas import QARequest, SummarizeRequest, VariantInfo
 
 
 @dataclass
@@ -90,23 +91,27 @@ class Stub:
         app.post(f"/v1/{self.route}")(answer)
 
         @app.get("/v1/models")
-        async def models() -> list[dict]:
+        async def models() -> list[VariantInfo]:
             return [
-                {
-                    "task": self.route,
-                    "variant": name,
-                    "checkpoint": f"stub/{name}",
-                    "is_default": i == 0,
-                    "compact": i > 0,
-                    "plan": None,
-                    "params": 0,
-                    "flops_ratio": None,
-                    "device": "cpu",
-                    "runtime": "stub",
-                    "batching": {},
-                    "replica_pid": os.getpid(),
-                    "threads": 1,
-                }  # fmt: skip
+                VariantInfo(
+                    task=self.route,
+                    variant=name,
+                    checkpoint=f"stub/{name}",
+                    is_default=i == 0,
+                    compact=False,
+                    source=None,
+                    plan=None,
+                    plan_summary=None,
+                    plan_digest=None,
+                    params=0,
+                    flops_ratio=None,
+                    device="cpu",
+                    dtype="float32",
+                    runtime="stub",
+                    batching=BatchingConfig(),
+                    replica_pid=os.getpid(),
+                    threads=1,
+                )  # fmt: skip
                 for i, name in enumerate(self.variants)
             ]
 

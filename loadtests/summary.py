@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from loadtests.analysis import LevelResult, SloResult, VariantRatio
 from loadtests.bench_ratio import BenchResult, BenchSkipped
 from loadtests.runner import LoadSettings
+from service.schemas import VariantInfo
 
 
 class PayloadInfo(BaseModel):
@@ -34,7 +35,7 @@ class Summary(BaseModel):
     machine: dict[str, str | int | None]
     settings: LoadSettings
     payloads: PayloadInfo
-    service: list[dict]  # `GET /v1/models` entries of the variants under test
+    service: list[VariantInfo]  # `GET /v1/models` entries of the variants under test
     ratios: list[VariantRatio]
     bench: list[BenchResult | BenchSkipped]
     slo: list[SloResult]

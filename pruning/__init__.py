@@ -1,9 +1,16 @@
 """blockserve's offline package: pruning plans, compaction, compact checkpoints, export, benchmarks."""
 
-from pruning.checkpoint import Checkpoint, Manifest, compact_checkpoint, load_checkpoint, load_pretrained, save_compact
-from pruning.compact import compact_model, zero_pruned
-from pruning.errors import BlockserveError, CheckpointError, PlanError, UnsupportedModelError
-from pruning.plan import LayerPlan, PruningPlan, StackPlan
+from pruning.artifacts.checkpoint import (
+    Checkpoint,
+    Manifest,
+    compact_checkpoint,
+    load_checkpoint,
+    load_pretrained,
+    save_compact,
+)
+from pruning.artifacts.compact import compact_model, zero_pruned
+from pruning.core.errors import BlockserveError, CheckpointError, PlanError, UnsupportedModelError
+from pruning.core.plan import LayerPlan, PruningPlan, StackPlan
 
 __all__ = [
     "BlockserveError",

@@ -8,13 +8,11 @@ from typing import Any
 from pydantic import ValidationError
 from ray.serve import Application
 
-from pruning.errors import BlockserveError
-from pruning.plan import describe_validation_error
+from pruning.core.errors import BlockserveError
+from pruning.core.plan import describe_validation_error
+from pruning.core.task_registry import route_entry
 from service.config import AppConfig
-from service.deployments import QAServer, SummarizeServer
 from service.ingress import Ingress
-
-SERVERS = {"qa": QAServer, "summarize": SummarizeServer}
 
 
 class ConfigError(BlockserveError):
@@ -29,7 +27,8 @@ def build_app(args: dict[str, Any]) -> Application:
         servers[route] = {}
         for name, variant in task.variants.items():
             servers[route][name] = (
-                SERVERS[route]
+                route_entry(route)
+                .resolve("server")
                 .options(
                     name=f"{route}-{name}",
                     **variant.scaling_options(),

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-TASK_ROUTES = {"qa": "question-answering", "summarize": "summarization"}
+from pruning.core.task_registry import ROUTES
 
 
 class Strict(BaseModel):
@@ -180,4 +180,4 @@ class AppConfig(Strict):
 
     def tasks(self) -> dict[str, TaskConfig]:
         """Route name (`qa`, `summarize`) → its config, for the tasks that are configured."""
-        return {name: config for name in TASK_ROUTES if (config := getattr(self, name)) is not None}
+        return {route: config for route in ROUTES if (config := getattr(self, route)) is not None}

@@ -20,11 +20,12 @@ from typing import Any
 import ray
 from ray import serve
 
-from pruning.checkpoint import load_checkpoint
+from pruning.artifacts.checkpoint import load_checkpoint
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
 from service.qa_engine import QAEngine, QAInput, onnx_forward, torch_forward
+from service.schemas import VariantInfo
 from service.summarize_engine import SummarizeEngine, SummaryInput
 
 log = logging.getLogger(__name__)
@@ -112,22 +113,33 @@ class _ModelServer:
     def check_health(self) -> None:
         self._warm_up()  # a real, tiny inference
 
-    def info(self) -> dict:
+    def info(self, is_default: bool = False) -> VariantInfo:
         manifest = self.checkpoint.manifest
-        return {
-            "task": self.task,
-            "variant": self.variant_name,
-            "checkpoint": self.variant.checkpoint,
-            "compact": manifest is not None,
-            "plan": manifest.plan.summary() if manifest else None,
-            "params": sum(p.numel() for p in self.checkpoint.model.parameters()),
-            "flops_ratio": manifest.stats.flops_ratio if manifest else None,
-            "device": self.device,
-            "runtime": self.variant.runtime,
-            "batching": self.batching.model_dump(),
-            "replica_pid": os.getpid(),
-            "threads": self._threads(),
-        }
+        plan = manifest.plan if manifest else None
+        return VariantInfo(
+            task=self.task,
+            variant=self.variant_name,
+            checkpoint=self.variant.checkpoint,
+            is_default=is_default,
+            compact=manifest is not None,
+            source=manifest.source if manifest else None,
+            plan=plan,
+            plan_summary=plan.summary() if plan else None,
+            plan_digest=plan.digest() if plan else None,
+            params=sum(p.numel() for p in self.checkpoint.model.parameters()),
+            flops_ratio=manifest.stats.flops_ratio if manifest else None,
+            device=self.device,
+            dtype=self._dtype_name(),
+            runtime=self.variant.runtime,
+            batching=self.batching,
+            replica_pid=os.getpid(),
+            threads=self._threads(),
+        )
+
+    def _dtype_name(self) -> str:
+        if self.variant.runtime == "onnx":
+            return "float32"  # the exported graph's numerics, whatever the torch model was loaded in
+        return str(next(self.checkpoint.model.parameters()).dtype).removeprefix("torch.")
 
     def _threads(self) -> int:
         import torch
@@ -174,7 +186,7 @@ class QAServer(_ModelServer):
         import tempfile
         from pathlib import Path
 
-        from pruning.export import ONNX_NAME, export_qa_onnx, onnx_session
+        from pruning.artifacts.export import ONNX_NAME, export_qa_onnx, onnx_session
 
         path = self.checkpoint.directory / ONNX_NAME
         if not path.is_file():

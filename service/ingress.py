@@ -129,13 +129,12 @@ class Ingress:
         )  # fmt: skip
 
     @api.get("/v1/models", response_model=list[VariantInfo])
-    async def models(self) -> list[dict]:
+    async def models(self) -> list[VariantInfo]:
         infos = []
         for route, variants in self.servers.items():
             default = self.config.tasks()[route].default_variant
             for name, handle in variants.items():
-                info = await handle.info.remote()
-                infos.append({**info, "is_default": name == default})
+                infos.append(await handle.info.remote(is_default=name == default))
         return infos
 
     @api.get("/healthz")

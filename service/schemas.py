@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from pruning.core.plan import PlanSummary, PruningPlan
+from service.config import BatchingConfig
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
@@ -54,17 +57,23 @@ class SummarizeResponse(Served):
 
 
 class VariantInfo(BaseModel):
-    task: str
+    """One served variant, as `/v1/models` reports it (the load test reads it back with this model)."""
+
+    task: str = Field(description="route: qa or summarize")
     variant: str
     checkpoint: str
     is_default: bool
     compact: bool
-    plan: dict[str, dict[str, int]] | None = Field(description="per stack: heads and FFN units kept of total")
+    source: str | None = Field(description="the dense checkpoint a compact one was made from")
+    plan: PruningPlan | None = Field(description="kept heads and FFN units per layer (None: dense)")
+    plan_summary: PlanSummary | None = Field(description="per stack: heads and FFN units kept of total")
+    plan_digest: str | None = Field(description="content hash of the plan: equal digests, equal plans")
     params: int
     flops_ratio: float | None
     device: str
+    dtype: str = Field(description="the numerics the model runs in (auto resolved)")
     runtime: str
-    batching: dict[str, int | float]
+    batching: BatchingConfig
     replica_pid: int
     threads: int = Field(description="intra-op threads the replica's model runs with")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -14,7 +15,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from pruning import local_init
+from pruning.core.plan import PruningPlan
+from pruning.zoo import local_init
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
@@ -82,3 +84,14 @@ def tiny_bart(vocab_size: int = 120, seed: int = 0, max_positions: int = 64) -> 
         max_position_embeddings=max_positions,
     )
     return BartForConditionalGeneration(config).eval()
+
+
+def edited_plan(plan: PruningPlan, edit: Callable[[dict], None]) -> PruningPlan:
+    """A new plan: `plan` as JSON data, changed in place by `edit`, then validated anew.
+
+    Plans are frozen, so tests build a changed one from its data; validation sorts the kept lists
+    and checks the indices again, as for a plan file.
+    """
+    data = plan.model_dump(mode="json")
+    edit(data)
+    return PruningPlan.model_validate(data)

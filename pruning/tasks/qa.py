@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import ModelOutput
 
-from pruning.errors import DataError
+from pruning.core.errors import DataError
 from pruning.tasks.base import Batch
 from pruning.tasks.squad_metrics import squad_scores
 

@@ -7,7 +7,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_once_serves_the_zoo_and_reports_latencies(dense_bert_dir, summarizer_dir, tmp_path, capsys):
     """`blockserve demo --once` with small local models (the default zoo is BERT-/BART-base, too slow for tests)."""
-    from pruning.cli import main
+    from blockserve.cli import main
 
     code = main(["demo", "--once", "--qa-model", str(dense_bert_dir), "--sum-model", str(summarizer_dir),
                  "--zoo", str(tmp_path / "zoo"), "--port", "8010", "--repeats", "2"])  # fmt: skip

@@ -7,9 +7,9 @@ import yaml
 
 from loadtests.run import PayloadOptions, run_loadtest
 from loadtests.runner import LoadSettings
-from pruning.checkpoint import compact_checkpoint, load_checkpoint
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
+from pruning.artifacts.checkpoint import compact_checkpoint, load_checkpoint
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
 
 pytestmark = pytest.mark.slow
 PORT = 8040  # test_service uses 8000, test_demo 8010: modules start and stop their own Ray

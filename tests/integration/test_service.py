@@ -6,9 +6,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from pruning.checkpoint import compact_checkpoint, load_checkpoint
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
+from pruning.artifacts.checkpoint import compact_checkpoint, load_checkpoint
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
 from service.config import LimitsConfig
 from service.qa_engine import QAEngine, QAInput, torch_forward
 from tests.factories import _CORPUS

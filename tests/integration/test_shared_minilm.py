@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from pruning.checkpoint import compact_checkpoint, load_checkpoint
-from pruning.compact import zero_pruned
-from pruning.export import QA_INPUTS, export_checkpoint, onnx_session
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
+from pruning.artifacts.checkpoint import compact_checkpoint, load_checkpoint
+from pruning.artifacts.compact import zero_pruned
+from pruning.artifacts.export import QA_INPUTS, export_checkpoint, onnx_session
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
 from tests.factories import SHARED
 
 MODEL = SHARED / "models" / "minilm-l6-squad"

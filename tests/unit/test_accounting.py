@@ -2,11 +2,11 @@ import copy
 
 import pytest
 
-from pruning.accounting import count_parameters, encoder_flops, flops, flops_ratio, removed_parameters
-from pruning.compact import compact_model
-from pruning.plan import PruningPlan
-from pruning.presets import preset_config
-from pruning.structure import Workload, geometry_of
+from pruning.artifacts.compact import compact_model
+from pruning.core.accounting import count_parameters, encoder_flops, flops, flops_ratio, removed_parameters
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import Workload, geometry_of
+from pruning.zoo.presets import preset_config
 from tests.factories import tiny_bart, tiny_bert
 
 

@@ -4,11 +4,11 @@ import time
 
 import pytest
 
-from pruning.bench import BenchSettings, benchmark, format_table, plot_rows
-from pruning.plan import PruningPlan
-from pruning.presets import PRESETS, build_preset, preset_config
-from pruning.structure import geometry_of, spec_for_config
-from pruning.timing import time_interleaved
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of, spec_for_config
+from pruning.runtime.bench import BenchSettings, benchmark, format_table, plot_rows
+from pruning.runtime.timing import time_interleaved
+from pruning.zoo.presets import PRESETS, build_preset, preset_config
 
 REQUIRED_KEYS = {
     "arch",
@@ -77,13 +77,15 @@ def test_bart_bench_times_encoder_and_generate():
 
 def test_bench_a_bart_whose_encoder_is_entirely_pruned():
     """Found by post-training pruning: Fisher may remove every encoder head and unit; FLOPs ratio undefined."""
-    from tests.factories import tiny_bart
+    from tests.factories import edited_plan, tiny_bart
+
+    def prune_the_encoder(data: dict) -> None:
+        for layer in data["stacks"]["encoder"]["layers"]:
+            layer["heads"]["self_attn"] = []
+            layer["ffn_units"] = []
 
     dense = tiny_bart()
-    plan = PruningPlan.full(geometry_of(dense.config))
-    for layer in plan.stacks["encoder"].layers:
-        layer.heads["self_attn"] = []
-        layer.ffn_units = []
+    plan = edited_plan(PruningPlan.full(geometry_of(dense.config)), prune_the_encoder)
     rows = benchmark(dense, plan, "tiny", BenchSettings(seqs=(16,), repeats=1, warmup=0, new_tokens=2))
     encoder = next(row for row in rows if row.unit == "encoder")
     generate = next(row for row in rows if row.unit == "generate")

@@ -8,24 +8,29 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from pruning.checkpoint import MANIFEST_NAME, compact_checkpoint, load_checkpoint, load_pretrained
-from pruning.compact import compact_model
-from pruning.errors import CheckpointError
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
+from pruning.artifacts.checkpoint import MANIFEST_NAME, compact_checkpoint, load_checkpoint, load_pretrained
+from pruning.artifacts.compact import compact_model
+from pruning.artifacts.records import PlanFileMethod
+from pruning.core.errors import CheckpointError
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
+from tests.factories import edited_plan
 
 
 def _plan_for(directory) -> PruningPlan:
     model = load_pretrained(directory)
-    plan = PruningPlan.uniform(geometry_of(model.config), 0.5, 0.25)
-    plan.stacks["encoder"].layers[1].heads[next(iter(plan.stacks["encoder"].layers[1].heads))] = []
-    return PruningPlan.from_dict(plan.model_dump())
+
+    def no_heads_in_layer_1(data: dict) -> None:
+        heads = data["stacks"]["encoder"]["layers"][1]["heads"]
+        heads[next(iter(heads))] = []
+
+    return edited_plan(PruningPlan.uniform(geometry_of(model.config), 0.5, 0.25), no_heads_in_layer_1)
 
 
 @pytest.fixture(scope="module")
 def compact_bert_dir(dense_bert_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bert-compact")
-    compact_checkpoint(dense_bert_dir, _plan_for(dense_bert_dir), out, method={"name": "test"})
+    compact_checkpoint(dense_bert_dir, _plan_for(dense_bert_dir), out, method=PlanFileMethod(plan_file="plan.json"))
     return out
 
 
@@ -43,7 +48,7 @@ def test_compact_directory_layout_and_manifest(compact_bert_dir):
     assert manifest["format_version"] == 1
     assert manifest["architecture"] == "bert"
     assert manifest["task"] == "question-answering"
-    assert manifest["method"] == {"name": "test"}
+    assert manifest["method"] == {"name": "plan-file", "plan_file": "plan.json"}
     assert manifest["stats"]["params"] < manifest["stats"]["params_dense"]
     assert manifest["stats"]["flops_ratio"] > 1.5
     assert manifest["plan"]["stacks"]["encoder"]["layers"][1]["heads"]["self_attn"] == []

@@ -5,9 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from pruning.cli import main
+from blockserve.cli import main
 
 
 def _run(capsys, *argv):
@@ -17,10 +15,15 @@ def _run(capsys, *argv):
 
 
 def _usage_error(capsys, *argv) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(argv))
-    assert exit_info.value.code == 2
-    return capsys.readouterr().err
+    """stderr of a command that must stop with exit code 2 (from argparse or from validation), no traceback."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err
+    return err
 
 
 def test_console_script_is_installed():
@@ -78,13 +81,15 @@ def test_missing_files_and_bad_values_are_usage_errors(capsys, dense_bert_dir, t
     )
     assert "none.json does not exist" in err
     err = _usage_error(capsys, "compact", "--model", str(tmp_path / "missing"), "--plan", "p", "--out", "x")
-    assert "is not a directory" in err
+    assert "--model" in err and "missing does not exist" in err
     err = _usage_error(capsys, "bench", "--arch", "bert-tiny", "--keep-heads", "1.5")
-    assert "not a fraction" in err
+    assert "--keep-heads 1.5: Input should be less than or equal to 1" in err
     err = _usage_error(capsys, "bench", "--arch", "no-such-model")
-    assert "invalid choice" in err
+    assert "--arch no-such-model: Input should be 'bert-base-uncased'" in err
     err = _usage_error(capsys, "bench", "--arch", "bert-tiny", "--seq", "0")
-    assert "must be ≥ 1" in err
+    assert "--seq 0: Value error, every value must be in 1..65536" in err or "--seq 0: every value must be" in err
+    err = _usage_error(capsys, "bench", "--model", str(dense_bert_dir), "--arch", "bert-tiny")
+    assert "give exactly one of --model and --arch" in err
 
 
 def test_invalid_plan_is_a_clear_error_not_a_traceback(capsys, dense_bert_dir, tmp_path):
@@ -121,9 +126,14 @@ def test_prune_and_evaluate_usage_errors(capsys, dense_bert_dir, tmp_path):
     data = tmp_path / "data.json"
     data.write_text("{}")
     common = ["--teacher", str(dense_bert_dir), "--train", str(data), "--eval", str(data), "--out", str(tmp_path / "o")]
-    assert "is not a block shape" in _usage_error(capsys, "prune", *common, "--block", "32 by 32")
-    assert "not a fraction" in _usage_error(capsys, "prune", *common, "--target-density", "25")
-    assert "required" in _usage_error(capsys, "prune", "--teacher", str(dense_bert_dir))
+    assert "--block 32 by 32: block must look like '32x32'" in _usage_error(
+        capsys, "prune", *common, "--block", "32 by 32"
+    )
+    assert "--target-density 25: Input should be less than or equal to 1" in _usage_error(
+        capsys, "prune", *common, "--target-density", "25"
+    )
+    err = _usage_error(capsys, "prune", "--teacher", str(dense_bert_dir))
+    assert "--train is required" in err and "--eval is required" in err and "--out is required" in err
     assert "does not exist" in _usage_error(capsys, "evaluate", "--model", str(dense_bert_dir), "--data", "nope.json")
 
 
@@ -155,7 +165,7 @@ def test_init_writes_a_random_model_with_a_trained_tokenizer(capsys, tmp_path):
     code, out, _ = _run(capsys, "init", "--arch", "bart-tiny", "--corpus", str(corpus), "--vocab-size", "300",
                         "--out", str(tmp_path / "m"))  # fmt: skip
     assert code == 0 and "random bart-tiny" in out
-    from pruning.checkpoint import load_checkpoint
+    from pruning.artifacts.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(tmp_path / "m")
     tokenizer = checkpoint.tokenizer()

@@ -6,19 +6,17 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from pruning.compact import compact_model, zero_pruned
-from pruning.errors import PlanError
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
-from tests.factories import tiny_bart, tiny_bert
+from pruning.artifacts.compact import compact_model, zero_pruned
+from pruning.core.errors import PlanError
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
+from tests.factories import edited_plan, tiny_bart, tiny_bert
 
 TOLERANCE = 1e-5
 
 
 def _edited_plan(model, keep_heads, keep_ffn, edit) -> PruningPlan:
-    plan = PruningPlan.uniform(geometry_of(model.config), keep_heads, keep_ffn)
-    edit(plan)
-    return PruningPlan.from_dict(plan.model_dump())
+    return edited_plan(PruningPlan.uniform(geometry_of(model.config), keep_heads, keep_ffn), edit)
 
 
 def _pair(model, plan):
@@ -36,12 +34,12 @@ def _bert_inputs(vocab_size: int):
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
 
-def _scattered_bert_plan(plan: PruningPlan) -> None:
-    layers = plan.stacks["encoder"].layers
-    layers[0].heads["self_attn"] = [1, 3]  # non-contiguous heads
-    layers[0].ffn_units = [0, 7, 13, 63]
-    layers[1].heads["self_attn"] = []  # a layer with zero heads
-    layers[2].ffn_units = []  # a layer with zero FFN units
+def _scattered_bert_plan(data: dict) -> None:
+    layers = data["stacks"]["encoder"]["layers"]
+    layers[0]["heads"]["self_attn"] = [1, 3]  # non-contiguous heads
+    layers[0]["ffn_units"] = [0, 7, 13, 63]
+    layers[1]["heads"]["self_attn"] = []  # a layer with zero heads
+    layers[2]["ffn_units"] = []  # a layer with zero FFN units
 
 
 def test_linear_layers_are_physically_smaller():
@@ -96,16 +94,16 @@ def test_bare_bert_encoder_is_supported():
     assert torch.allclose(expected, got, atol=TOLERANCE, rtol=0)
 
 
-def _scattered_bart_plan(plan: PruningPlan) -> None:
-    encoder, decoder = plan.stacks["encoder"].layers, plan.stacks["decoder"].layers
-    encoder[0].heads["self_attn"] = []
-    encoder[1].heads["self_attn"] = [0, 2, 3]
-    encoder[1].ffn_units = []
-    decoder[0].heads["cross_attn"] = []
-    decoder[0].heads["self_attn"] = [3]
-    decoder[1].heads["self_attn"] = []
-    decoder[1].heads["cross_attn"] = [1, 2]
-    decoder[1].ffn_units = []
+def _scattered_bart_plan(data: dict) -> None:
+    encoder, decoder = data["stacks"]["encoder"]["layers"], data["stacks"]["decoder"]["layers"]
+    encoder[0]["heads"]["self_attn"] = []
+    encoder[1]["heads"]["self_attn"] = [0, 2, 3]
+    encoder[1]["ffn_units"] = []
+    decoder[0]["heads"]["cross_attn"] = []
+    decoder[0]["heads"]["self_attn"] = [3]
+    decoder[1]["heads"]["self_attn"] = []
+    decoder[1]["heads"]["cross_attn"] = [1, 2]
+    decoder[1]["ffn_units"] = []
 
 
 @pytest.fixture(scope="module")

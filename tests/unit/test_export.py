@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from pruning.checkpoint import MANIFEST_NAME, compact_checkpoint
-from pruning.compact import compact_model
-from pruning.errors import UnsupportedModelError
-from pruning.export import ONNX_NAME, QA_INPUTS, export_checkpoint, export_qa_onnx, onnx_providers, onnx_session
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
-from tests.factories import tiny_bart, tiny_bert
+from pruning.artifacts.checkpoint import MANIFEST_NAME, compact_checkpoint
+from pruning.artifacts.compact import compact_model
+from pruning.artifacts.export import (
+    ONNX_NAME,
+    QA_INPUTS,
+    export_checkpoint,
+    export_qa_onnx,
+    onnx_providers,
+    onnx_session,
+)
+from pruning.core.errors import UnsupportedModelError
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
+from tests.factories import edited_plan, tiny_bart, tiny_bert
 
 TOLERANCE = 1e-4
 
@@ -46,9 +53,12 @@ def test_dense_export_matches_torch(tmp_path):
 
 def test_compact_export_with_empty_layers_matches_torch(tmp_path):
     model = tiny_bert()
-    plan = PruningPlan.uniform(geometry_of(model.config), 0.5, 0.25)
-    plan.stacks["encoder"].layers[1].heads["self_attn"] = []
-    plan.stacks["encoder"].layers[2].ffn_units = []
+
+    def empty_layers(data: dict) -> None:
+        data["stacks"]["encoder"]["layers"][1]["heads"]["self_attn"] = []
+        data["stacks"]["encoder"]["layers"][2]["ffn_units"] = []
+
+    plan = edited_plan(PruningPlan.uniform(geometry_of(model.config), 0.5, 0.25), empty_layers)
     compact = compact_model(copy.deepcopy(model), plan)
     _assert_parity(compact, export_qa_onnx(compact, tmp_path / "compact.onnx"))
     # Export leaves the torch model on its original attention implementation.

@@ -4,9 +4,9 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
-from pruning.checkpoint import load_checkpoint
-from pruning.cli import main
-from pruning.errors import CheckpointError
+from blockserve.cli import main
+from pruning.artifacts.checkpoint import load_checkpoint
+from pruning.core.errors import CheckpointError
 
 
 def test_finetune_trains_writes_a_loadable_teacher_and_its_results(dense_bert_dir, squad_file, tmp_path, capsys):  # noqa: F811

@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from pruning.cli import main
+from blockserve.cli import main
 from service.app import ConfigError, read_serve_config
 from service.config import AppConfig, VariantConfig
 from service.kuberay import ClusterSpec, render_rayservice

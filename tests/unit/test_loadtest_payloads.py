@@ -3,7 +3,7 @@ import json
 import pytest
 
 from loadtests.payloads import file_payloads, qa_payloads, summarize_payloads
-from pruning.errors import DataError
+from pruning.core.errors import DataError
 
 
 def _length(tokenizer, body: dict) -> int:

@@ -56,9 +56,10 @@ def test_client_and_server_ratios_agree_with_the_service_times(result):
     summary, _, _ = result
     assert 1.5 <= summary.client_ratio <= 2.6
     assert summary.server_ratio == pytest.approx(summary.client_ratio, rel=0.15)
-    # The server's own time is never longer than what the client saw.
+    # The server's own time is never longer than what the client saw. Compared on means: a histogram's
+    # sum/count is exact, while its p50 is interpolated inside a bucket (up to 12.5 % wide).
     for level in summary.levels():
-        assert level.server.request.p50 <= level.client.p50
+        assert level.server.request.mean <= level.client.mean
 
 
 def test_server_counts_every_answered_request_and_no_warmup(result):

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.masks import MaskedLinear, expand_blocks, straight_through
+from pruning.methods.movement.masks import MaskedLinear, expand_blocks, straight_through
 
 
 def _linear(out_features=8, in_features=6, seed=0):

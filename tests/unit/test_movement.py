@@ -2,10 +2,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from pruning.compact import compact_model
-from pruning.errors import PlanError
-from pruning.masks import MaskedLinear
-from pruning.movement import MovementPruner, MovementSettings
+from pruning.artifacts.compact import compact_model
+from pruning.core.errors import PlanError
+from pruning.methods.movement.masks import MaskedLinear
+from pruning.methods.movement.pruner import MovementPruner, MovementSettings
 from tests.factories import tiny_bart, tiny_bert
 
 
@@ -109,8 +109,8 @@ def test_plan_then_compact_matches_the_masked_model(make, block):
         if name in masked:
             assert torch.allclose(masked[name], compact[name], atol=1e-5)
     summary = plan.summary()
-    assert all(s["heads_kept"] < s["heads_total"] for s in summary.values())
-    assert all(s["ffn_units_kept"] < s["ffn_units_total"] for s in summary.values())
+    assert all(s.heads_kept < s.heads_total for _, s in summary.items())
+    assert all(s.ffn_units_kept < s.ffn_units_total for _, s in summary.items())
 
 
 def test_plan_keeps_a_head_only_if_value_rows_and_output_columns_survive():
@@ -124,7 +124,7 @@ def test_plan_keeps_a_head_only_if_value_rows_and_output_columns_survive():
         roles["key"].scores.fill_(-1.0)
     for member in pruner.groups["encoder.attention"].members:
         member.threshold.fill_(0.0)
-    assert pruner.plan().kept_heads("encoder", 0, "self_attn") == [0, 3]
+    assert pruner.plan().kept_heads("encoder", 0, "self_attn") == (0, 3)
 
 
 def test_bart_plan_can_remove_heads_of_all_three_attention_kinds():

@@ -1,9 +1,10 @@
 import pytest
+from pydantic import ValidationError
 
-from pruning.errors import PlanError
-from pruning.plan import PruningPlan
-from pruning.structure import geometry_of
-from tests.factories import tiny_bart, tiny_bert
+from pruning.core.errors import PlanError
+from pruning.core.plan import LayerPlan, PruningPlan, StackSummary
+from pruning.core.structure import geometry_of
+from tests.factories import edited_plan, tiny_bart, tiny_bert
 
 
 @pytest.fixture
@@ -28,26 +29,56 @@ def test_geometry_reads_sizes_from_config(bert_geometry, bart_geometry):
 def test_uniform_plan_keeps_requested_fraction(bart_geometry):
     plan = PruningPlan.uniform(bart_geometry, keep_heads=0.5, keep_ffn=0.25)
     summary = plan.summary()
-    assert summary["encoder"] == {
-        "layers": 2,
-        "heads_kept": 4,
-        "heads_total": 8,
-        "ffn_units_kept": 32,
-        "ffn_units_total": 128,
-    }
-    assert summary["decoder"]["heads_kept"] == 8  # self and cross attention, 2 of 4 heads each, 2 layers
-    assert plan.kept_heads("decoder", 1, "cross_attn") == [0, 1]
+    assert summary["encoder"] == StackSummary(
+        layers=2,
+        heads_kept=4,
+        heads_total=8,
+        ffn_units_kept=32,
+        ffn_units_total=128,
+    )
+    assert summary["decoder"].heads_kept == 8  # self and cross attention, 2 of 4 heads each, 2 layers
+    assert plan.kept_heads("decoder", 1, "cross_attn") == (0, 1)
 
 
 def test_json_round_trip(bart_geometry, tmp_path):
-    plan = PruningPlan.uniform(bart_geometry, 0.75, 0.5)
-    plan.stacks["decoder"].layers[0].heads["cross_attn"] = [3, 1]
-    plan = PruningPlan.from_dict(plan.model_dump())  # re-validate: sorts the kept lists
+
+    def unsorted_heads(data: dict) -> None:
+        data["stacks"]["decoder"]["layers"][0]["heads"]["cross_attn"] = [3, 1]
+
+    plan = edited_plan(PruningPlan.uniform(bart_geometry, 0.75, 0.5), unsorted_heads)  # validation sorts
     path = tmp_path / "plan.json"
     plan.save(path)
     loaded = PruningPlan.load(path)
     assert loaded == plan
-    assert loaded.kept_heads("decoder", 0, "cross_attn") == [1, 3]
+    assert loaded.kept_heads("decoder", 0, "cross_attn") == (1, 3)
+
+
+def test_a_validated_plan_cannot_change(bert_geometry):
+    layer = LayerPlan(heads={"self_attn": [3, 1]}, ffn_units=[2, 0])
+    assert layer.heads == {"self_attn": (1, 3)}  # tuples, sorted
+    assert layer.ffn_units == (0, 2)
+    with pytest.raises(ValidationError, match="frozen"):
+        layer.ffn_units = (0,)
+
+    plan = PruningPlan.uniform(bert_geometry, 0.5, 0.5)
+    with pytest.raises(ValidationError, match="frozen"):
+        plan.architecture = "bart"
+    with pytest.raises(ValidationError, match="frozen"):
+        plan.stacks["encoder"].layers[0].ffn_units = ()
+    assert isinstance(plan.stacks["encoder"].layers, tuple)
+    assert isinstance(plan.kept_heads("encoder", 0, "self_attn"), tuple)
+    assert isinstance(plan.kept_ffn_units("encoder", 0), tuple)
+
+    same = PruningPlan.from_json(plan.to_json())
+    assert same is not plan and same.digest() == plan.digest()
+    assert PruningPlan.uniform(bert_geometry, 0.5, 0.5).digest() == plan.digest()
+
+    def one_unit_differs(data: dict) -> None:
+        data["stacks"]["encoder"]["layers"][2]["ffn_units"][-1] += 1
+
+    changed = edited_plan(plan, one_unit_differs)
+    assert changed.kept_ffn_units("encoder", 2) != plan.kept_ffn_units("encoder", 2)
+    assert changed.digest() != plan.digest()
 
 
 def _bert_plan_data(bert_geometry):

@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from pruning.checkpoint import load_checkpoint
-from pruning.cli import main
-from pruning.compact import compact_model
-from pruning.errors import PlanError
-from pruning.importance import Importance, fisher_importance, magnitude_importance, random_importance
-from pruning.latency import (
+from blockserve.cli import main
+from pruning.artifacts.checkpoint import load_checkpoint
+from pruning.artifacts.compact import compact_model
+from pruning.core.errors import PlanError
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import geometry_of
+from pruning.core.units import FFN, unit_groups
+from pruning.methods.posttrain.importance import Importance, fisher_importance, magnitude_importance, random_importance
+from pruning.methods.posttrain.latency_model import (
     Curve,
     LatencySettings,
     LatencyTable,
@@ -26,14 +29,12 @@ from pruning.latency import (
     save_cached,
     table_key,
 )
-from pruning.mask_tuning import _accumulate, solve_scales, tune_masks
-from pruning.plan import PruningPlan
-from pruning.posttrain import PosttrainSettings, prune_posttrain
-from pruning.runners import Shape
-from pruning.search import search_plan
-from pruning.structure import geometry_of
+from pruning.methods.posttrain.pipeline import PosttrainJob, PosttrainSettings, prune_posttrain
+from pruning.methods.posttrain.search import search_plan
+from pruning.methods.posttrain.tuning import _accumulate, solve_scales, tune_masks
+from pruning.runtime.runners import Shape, TimingOptions
 from pruning.tasks import make_task
-from pruning.units import FFN, unit_groups
+from pruning.tasks.options import TaskOptions
 from tests.factories import tiny_bart, tiny_bert
 
 QA_SETTINGS = {"max_length": 48, "stride": 16}
@@ -136,7 +137,7 @@ def test_plan_for_counts_keeps_the_most_important_units(wordpiece_tokenizer):
     counts = {key: 2 for key in importance.scores}
     plan = importance.plan_for_counts(geometry_of(model.config), counts)
     heads = importance.scores["encoder.1.self_attn"]
-    assert plan.kept_heads("encoder", 1, "self_attn") == sorted(torch.topk(heads, 2).indices.tolist())
+    assert plan.kept_heads("encoder", 1, "self_attn") == tuple(sorted(torch.topk(heads, 2).indices.tolist()))
     with pytest.raises(PlanError, match="cannot keep 5 of 4"):
         importance.plan_for_counts(geometry_of(model.config), {**counts, "encoder.0.self_attn": 5})
 
@@ -218,8 +219,8 @@ def test_probe_plan_changes_one_block_of_every_layer(wordpiece_tokenizer):
     model = tiny_bart(vocab_size=len(wordpiece_tokenizer))
     plan = probe_plan(geometry_of(model.config), "decoder", "cross_attn", 1)
     summary = plan.summary()
-    assert summary["encoder"]["heads_kept"] == summary["encoder"]["heads_total"]
-    assert [layer.heads["cross_attn"] for layer in plan.stacks["decoder"].layers] == [[0], [0]]
+    assert summary["encoder"].heads_kept == summary["encoder"].heads_total
+    assert [layer.heads["cross_attn"] for layer in plan.stacks["decoder"].layers] == [(0,), (0,)]
     assert all(len(layer.heads["self_attn"]) == 4 for layer in plan.stacks["decoder"].layers)
 
 
@@ -380,7 +381,8 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     assert (out / "posttrain.png").stat().st_size > 0 and (out / "latency_model.json").is_file()
     loaded = load_checkpoint(out)
     summary = loaded.manifest.plan.summary()["encoder"]
-    assert loaded.is_compact and (summary["heads_kept"] < 12 or summary["ffn_units_kept"] < 192)
+    assert loaded.is_compact and (summary.heads_kept < 12 or summary.ffn_units_kept < 192)
+    assert loaded.manifest.method.measured.speedup == method["measured"]["speedup"]  # the typed record reads it back
     # The second run on the same device and shape reuses the latency model.
     assert main([*argv[:-1], str(tmp_path / "again"), "--importance", "magnitude"]) == 0
     again = json.loads((tmp_path / "again" / "blockserve.json").read_text())["method"]
@@ -392,7 +394,8 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     [
         ([], "exactly one budget"),
         (["--speedup", "2", "--latency-ms", "5"], "exactly one budget"),
-        (["--speedup", "0.5"], "speedup must be"),
+        (["--speedup", "0.5"], "--speedup 0.5: Input should be greater than or equal to 1"),
+        (["--speedup", "2", "--corrections", "-1"], "--corrections -1: Input should be greater than or equal to 0"),
         # The cached table below: dense 100 ms, everything removed 86.08 ms.
         (["--latency-ms", "80", "--seq", "16"], "out of reach"),
     ],
@@ -408,26 +411,34 @@ def test_posttrain_cli_rejects_bad_budgets(dense_bert_dir, squad_file, tmp_path,
 
 def test_prune_cli_names_the_missing_inputs_of_each_method(dense_bert_dir, squad_file, tmp_path, capsys):
     assert main(["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--out", str(tmp_path)]) == 2
-    assert "--method posttrain needs --calib" in capsys.readouterr().err
+    assert "--calib is required" in capsys.readouterr().err
     assert main(["prune", "--teacher", str(dense_bert_dir), "--out", str(tmp_path)]) == 2
-    assert "--method movement needs --train, --eval" in capsys.readouterr().err
+    assert "--train is required; --eval is required" in capsys.readouterr().err
+    # An option of the other method is named, not silently ignored.
+    argv = ["prune", "--teacher", str(dense_bert_dir), "--train", str(squad_file), "--eval", str(squad_file)]
+    assert main([*argv, "--out", str(tmp_path), "--speedup", "2"]) == 2
+    assert "--speedup is not an option of --method movement" in capsys.readouterr().err
 
 
 def test_posttrain_bart_prunes_encoder_and_decoder_to_a_generate_budget(summarizer_dir, summaries_file, tmp_path):
     speedup = _reachable_speedup(summarizer_dir, Shape(1, 64, 4), tmp_path)
     settings = PosttrainSettings(
-        speedup=speedup, seq=64, new_tokens=4, repeats=3, calib_samples=4, tune_samples=2,
-        task_settings={"max_source_tokens": 48, "max_target_tokens": 16, "num_beams": 1},
+        speedup=speedup, timing=TimingOptions(seq=64, new_tokens=4, repeats=3), calib_samples=4, tune_samples=2,
+        task_options=TaskOptions(max_source_tokens=48, max_target_tokens=16, num_beams=1),
     )  # fmt: skip
-    manifest = prune_posttrain(summarizer_dir, summaries_file, tmp_path / "out", settings, latency_cache=tmp_path)
-    assert manifest.method["budget"]["new_tokens"] == 4
+    job = PosttrainJob(
+        method="posttrain", model=str(summarizer_dir), calib=summaries_file, out=tmp_path / "out",
+        latency_cache=tmp_path, posttrain=settings,
+    )  # fmt: skip
+    manifest = prune_posttrain(job)
+    assert manifest.method.budget.new_tokens == 4
     curves = json.loads((tmp_path / "out" / "latency_model.json").read_text())["curves"]
     assert set(curves) == {"encoder.self_attn", "encoder.ffn", "decoder.self_attn", "decoder.cross_attn",
                            "decoder.ffn"}  # fmt: skip
-    assert manifest.method["predicted"]["compact_ms"] <= manifest.method["predicted"]["search_budget_ms"] + 1e-6
+    assert manifest.method.predicted.compact_ms <= manifest.method.predicted.search_budget_ms + 1e-6
     model = load_checkpoint(tmp_path / "out").model
     ids = model.generate(input_ids=torch.tensor([[0, 10, 11, 12, 2]]), max_new_tokens=3, num_beams=1)
-    assert ids.shape[1] >= 2 and np.isfinite(manifest.method["measured"]["speedup"])
+    assert ids.shape[1] >= 2 and np.isfinite(manifest.method.measured.speedup)
 
 
 def test_example_losses_average_to_the_models_own_loss(qa_setup, wordpiece_tokenizer):
@@ -476,7 +487,7 @@ def test_latency_model_for_the_onnx_runtime_is_keyed_apart_from_torch(wordpiece_
 
 
 def test_a_measured_miss_corrects_the_search_budget(wordpiece_tokenizer, monkeypatch):
-    import pruning.posttrain as posttrain
+    import pruning.methods.posttrain.pipeline as posttrain
 
     model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=3)
     table = _synthetic_table(model)  # dense 100 ms, floor 86.08 ms
@@ -490,6 +501,6 @@ def test_a_measured_miss_corrects_the_search_budget(wordpiece_tokenizer, monkeyp
     result, attempts = verified.result, verified.attempts
     assert len(attempts) == 2 and (verified.dense_ms, verified.compact_ms) == (100.0, 95.0)
     assert verified.budget_ms == budget
-    first_predicted = 100.0 / attempts[0]["predicted_speedup"]
-    assert attempts[1]["search_budget_ms"] == pytest.approx(budget * first_predicted / 98.0, rel=1e-3)
-    assert attempts[1]["search_budget_ms"] < budget and result.predicted_ms <= attempts[1]["search_budget_ms"]
+    first_predicted = 100.0 / attempts[0].predicted_speedup
+    assert attempts[1].search_budget_ms == pytest.approx(budget * first_predicted / 98.0, rel=1e-3)
+    assert attempts[1].search_budget_ms < budget and result.predicted_ms <= attempts[1].search_budget_ms

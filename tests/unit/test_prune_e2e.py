@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from pruning.checkpoint import load_checkpoint, save_compact
-from pruning.cli import main
-from pruning.compact import compact_model
-from pruning.movement import MovementPruner, MovementSettings
+from blockserve.cli import main
+from pruning.artifacts.checkpoint import load_checkpoint, save_compact
+from pruning.artifacts.compact import compact_model
+from pruning.methods.movement.pruner import MovementPruner, MovementSettings
+from pruning.methods.training import Trainer, TrainSettings
 from pruning.tasks import make_task
-from pruning.training import Trainer, TrainSettings
+from pruning.tasks.options import TaskOptions
 from tests.factories import _CORPUS
 
 
@@ -44,8 +45,8 @@ def test_tiny_bert_movement_pruning_end_to_end(dense_bert_dir, squad_file, tmp_p
 
     reloaded = load_checkpoint(tmp_path / "compact")
     summary = plan.summary()["encoder"]
-    assert summary["heads_kept"] < summary["heads_total"]
-    assert summary["ffn_units_kept"] == pytest.approx(0.25 * summary["ffn_units_total"], abs=2)
+    assert summary.heads_kept < summary.heads_total
+    assert summary.ffn_units_kept == pytest.approx(0.25 * summary.ffn_units_total, abs=2)
     assert reloaded.model.bert.encoder.layer[0].intermediate.dense.out_features < 64
     with torch.no_grad():
         compact = reloaded.model(**inputs)
@@ -69,7 +70,8 @@ def test_prune_cli_writes_compact_checkpoint_with_method_and_evaluation(dense_be
     manifest = json.loads((out / "blockserve.json").read_text())
     assert manifest["method"]["name"] == "movement" and manifest["method"]["hybrid_filled"] is True
     assert manifest["method"]["final_density"] == pytest.approx(0.25, abs=0.02)
-    assert manifest["method"]["movement"]["block"] == "head"
+    assert manifest["method"]["settings"]["masks"]["block"] == "head"
+    assert manifest["method"]["prune_steps"] == 6 and manifest["method"]["fill_steps"] == 2
     evaluation = manifest["evaluation"]
     assert evaluation["result"] == "filled" and evaluation["filled"]["n"] == 8
     assert {"f1", "exact_match"} <= set(evaluation["teacher"]) and {"f1", "exact_match"} <= set(evaluation["pruned"])
@@ -87,29 +89,31 @@ def test_prune_cli_writes_compact_checkpoint_with_method_and_evaluation(dense_be
 
 
 def test_tiny_bart_prunes_heads_of_all_three_attention_kinds(summarizer_dir, summaries_file, tmp_path):
-    from pruning.prune import MovementRecipe, prune_movement
+    from pruning.methods.movement.pipeline import MovementJob, prune_movement
 
-    recipe = MovementRecipe(
-        movement=MovementSettings(block="head", target_density=0.25, warmup_fraction=0.0, hold_fraction=0.25),
-        train=TrainSettings(max_steps=8, batch_size=2, learning_rate=1e-3, log_every=2),
-        fill=TrainSettings(max_steps=2, batch_size=2, learning_rate=1e-3),
-        task_settings={"max_source_tokens": 96, "max_target_tokens": 12, "num_beams": 2},
+    job = MovementJob(
+        teacher=str(summarizer_dir), train=summaries_file, eval=summaries_file, out=tmp_path / "bart",
+        masks=MovementSettings(block="head", target_density=0.25, warmup_fraction=0.0, hold_fraction=0.25),
+        train_run=TrainSettings(max_steps=8, batch_size=2, learning_rate=1e-3, log_every=2),
+        fill_steps=2,
+        task_options=TaskOptions(max_source_tokens=96, max_target_tokens=12, num_beams=2),
         eval_limit=2,
-    )
-    manifest = prune_movement(summarizer_dir, summaries_file, summaries_file, tmp_path / "bart", recipe)
+    )  # fmt: skip
+    manifest = prune_movement(job)
     plan = manifest.plan
     for stack, block in (("encoder", "self_attn"), ("decoder", "self_attn"), ("decoder", "cross_attn")):
         kept = sum(len(layer.heads[block]) for layer in plan.stacks[stack].layers)
         assert kept < 8, f"{stack} {block} kept all heads"
-    assert {"rouge1", "rouge2", "rougeL", "rougeLsum"} <= set(manifest.evaluation["filled"])
-    from pruning.evaluate import evaluate_checkpoint
+    assert set(manifest.evaluation.filled.metrics()) == {"rouge1", "rouge2", "rougeL", "rougeLsum"}
+    from pruning.tasks.evaluate import EvaluateJob, evaluate_checkpoint
 
-    settings = {"max_source_tokens": 96, "max_target_tokens": 6, "num_beams": 1}
+    options = TaskOptions(max_source_tokens=96, max_target_tokens=6, num_beams=1)
     predictions = tmp_path / "summaries.jsonl"
-    result = evaluate_checkpoint(
-        tmp_path / "bart", summaries_file, limit=3, task_settings=settings, predictions=predictions
+    job = EvaluateJob(
+        model=str(tmp_path / "bart"), data=summaries_file, limit=3, task_options=options, predictions=predictions
     )
-    assert result["n"] == 3 and result["task"] == "summarization"
+    result = evaluate_checkpoint(job)
+    assert result.n == 3 and result.task == "summarization" and result.data == str(summaries_file)
     rows = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [row["id"] for row in rows] == ["0", "1", "2"] and all(isinstance(row["summary"], str) for row in rows)
     reloaded = load_checkpoint(tmp_path / "bart")
@@ -119,26 +123,27 @@ def test_tiny_bart_prunes_heads_of_all_three_attention_kinds(summarizer_dir, sum
 
 
 def test_resume_after_the_pruning_stage_skips_it(dense_bert_dir, squad_file, tmp_path, monkeypatch):
-    import pruning.prune as prune_module
-    from pruning.prune import MovementRecipe, prune_movement
+    import pruning.methods.movement.pipeline as prune_module
+    from pruning.methods.movement.pipeline import MovementJob, prune_movement
 
-    recipe = MovementRecipe(
-        movement=MovementSettings(block="head", target_density=0.5, warmup_fraction=0.0),
-        train=TrainSettings(max_steps=4, batch_size=4, learning_rate=1e-3),
-        fill=TrainSettings(max_steps=2, batch_size=4, learning_rate=1e-3),
-        task_settings={"max_length": 48, "stride": 16},
+    job = MovementJob(
+        teacher=str(dense_bert_dir), train=squad_file, eval=squad_file, out=tmp_path / "a",
+        masks=MovementSettings(block="head", target_density=0.5, warmup_fraction=0.0),
+        train_run=TrainSettings(max_steps=4, batch_size=4, learning_rate=1e-3),
+        fill_steps=2,
+        task_options=TaskOptions(max_length=48, stride=16),
         eval_limit=4,
         evaluate_teacher=False,
-    )
-    first = prune_movement(dense_bert_dir, squad_file, squad_file, tmp_path / "a", recipe)
+    )  # fmt: skip
+    first = prune_movement(job)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the pruning stage ran again")
 
     monkeypatch.setattr(prune_module, "_prune_stage", must_not_run)
-    again = prune_movement(dense_bert_dir, squad_file, squad_file, tmp_path / "a", recipe, resume=True)
-    assert again.plan == first.plan
-    assert again.method["prune_steps"] == 4 and again.evaluation["pruned"] == first.evaluation["pruned"]
+    again = prune_movement(job.model_copy(update={"resume": True}))
+    assert again.plan == first.plan and again.plan.digest() == first.plan.digest()
+    assert again.method.prune_steps == 4 and again.evaluation.pruned == first.evaluation.pruned
     # Without --resume, the work directory starts over (and so the pruning stage runs).
     with pytest.raises(AssertionError, match="ran again"):
-        prune_movement(dense_bert_dir, squad_file, squad_file, tmp_path / "a", recipe)
+        prune_movement(job)

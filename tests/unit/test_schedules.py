@@ -1,6 +1,6 @@
 import pytest
 
-from pruning.schedules import CubicSchedule
+from pruning.methods.movement.schedules import CubicSchedule
 
 
 def test_holds_initial_during_warmup_and_final_during_hold():

@@ -68,7 +68,7 @@ def test_the_shipped_serve_yaml_is_valid():
 
 
 def test_serve_command_names_the_bad_field(tmp_path, capsys):
-    from pruning.cli import main
+    from blockserve.cli import main
 
     config = tmp_path / "serve.yaml"
     config.write_text(

@@ -1,6 +1,6 @@
 import pytest
 
-from pruning.checkpoint import load_checkpoint
+from pruning.artifacts.checkpoint import load_checkpoint
 from pruning.tasks.qa import QAExample, QuestionAnsweringTask
 from service.config import LimitsConfig
 from service.errors import InputTooLong

@@ -1,6 +1,6 @@
 import pytest
 
-from pruning.checkpoint import load_checkpoint
+from pruning.artifacts.checkpoint import load_checkpoint
 from service.config import GenerationConfig, LimitsConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.summarize_engine import SummarizeEngine, SummaryInput

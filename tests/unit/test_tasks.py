@@ -11,12 +11,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-from pruning.errors import DataError, UnsupportedModelError
-from pruning.local_init import wordpiece_tokenizer
+from pruning.core.errors import DataError, UnsupportedModelError
 from pruning.tasks import QuestionAnsweringTask, SummarizationTask, distillation_loss, make_task
 from pruning.tasks.qa import QAExample, read_squad
 from pruning.tasks.squad_metrics import exact_match, normalize_answer, squad_scores, token_f1
 from pruning.tasks.summarization import SummaryExample, one_sentence_per_line, read_jsonl, rouge_scores
+from pruning.zoo.local_init import wordpiece_tokenizer
 from tests.factories import tiny_bart, tiny_bert
 
 FILLER = "The first manned flight would launch with support. "

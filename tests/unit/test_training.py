@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.errors import TrainingError
-from pruning.movement import MovementPruner, MovementSettings
+from pruning.core.errors import TrainingError
+from pruning.methods.movement.pruner import MovementPruner, MovementSettings
+from pruning.methods.training import Trainer, TrainSettings, _batch_indices
 from pruning.tasks import make_task
-from pruning.training import Trainer, TrainSettings, _batch_indices
 from tests.factories import tiny_bert
 
 

@@ -1,0 +1,300 @@
+"""The training loop shared by fine-tuning, movement pruning and hybrid-filled fine-tuning.
+
+A plain loop rather than a `transformers.Trainer` subclass: each step has to move the mask
+schedule before the forward pass, run a frozen teacher beside the student, add the score
+regulariser and give the scores their own learning rate. In `Trainer` those are four overrides
+and a callback spread over a class hierarchy; here they are twenty lines read top to bottom, and
+checkpoints stay in our own format (safetensors for weights, never unpickled from elsewhere).
+
+Checkpoint/resume: every `save_every` steps the student (weights and scores), the optimizer and
+the step are written to `workdir/state/`; a run started again with `resume=True` continues from
+there with the same data order (dropout noise differs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from safetensors.torch import load_model, save_model
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from pruning.core.errors import TrainingError
+from pruning.core.options import Flag
+from pruning.methods.movement.pruner import MovementPruner
+from pruning.tasks import Task, distillation_loss
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "state"
+HISTORY_NAME = "history.jsonl"
+
+
+TRAINING = "training"
+DISTILLATION = "distillation and hybrid-filled"
+
+
+class TrainSettings(BaseModel):
+    """One training run (fine-tuning, the pruning run, or the hybrid-filled run)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: Annotated[float, Flag(group=TRAINING)] = Field(
+        1.0, gt=0.0, le=1e4, description="passes over the training features (unless max_steps)"
+    )
+    max_steps: Annotated[int | None, Flag(group=TRAINING)] = Field(
+        None, ge=1, le=10**9, description="stop after N steps (overrides --epochs)"
+    )
+    batch_size: Annotated[int, Flag(group=TRAINING)] = Field(16, ge=1, le=4096)
+    learning_rate: Annotated[float, Flag("--lr", group=TRAINING)] = Field(
+        3e-5, gt=0.0, le=10.0, description="weight learning rate"
+    )
+    score_learning_rate: Annotated[float, Flag("--score-lr", group=TRAINING)] = Field(
+        1e-2, gt=0.0, le=100.0, description="learning rate of the mask scores"
+    )
+    weight_decay: Annotated[float, Flag(group=TRAINING)] = Field(0.0, ge=0.0, le=1.0)
+    warmup_fraction: Annotated[float, Flag("--warmup", group=TRAINING)] = Field(
+        0.1, ge=0.0, lt=1.0, description="share of steps with a rising learning rate"
+    )
+    max_grad_norm: Annotated[float, Flag(group=TRAINING)] = Field(1.0, gt=0.0, description="gradient clipping")
+    distill_alpha: Annotated[float, Flag(group=DISTILLATION)] = Field(
+        0.9, ge=0.0, le=1.0, description="weight of the distillation loss (task loss: 1 − α)"
+    )
+    temperature: Annotated[float, Flag(group=DISTILLATION)] = Field(
+        2.0, gt=0.0, le=100.0, description="distillation temperature"
+    )
+    log_every: Annotated[int, Flag(group=TRAINING)] = Field(20, ge=1, description="steps between log lines")
+    eval_every: Annotated[int | None, Flag(group=TRAINING)] = Field(
+        None, ge=1, description="steps between evaluations (default: 4 per run)"
+    )
+    save_every: Annotated[int, Flag(group=TRAINING)] = Field(100, ge=1, description="steps between resumable states")
+    seed: Annotated[int, Flag(group=TRAINING)] = Field(0, ge=0, le=2**32 - 1)
+
+    def total_steps(self, features: int) -> int:
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * math.ceil(features / self.batch_size)))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _order(features: int, epoch: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(features, generator=generator)
+
+
+def _batch_indices(step: int, features: int, batch_size: int, seed: int) -> list[int]:
+    """Feature indices of global step `step`: epoch by epoch, a fresh seeded shuffle each epoch."""
+    per_epoch = math.ceil(features / batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = _order(features, epoch, seed)
+    return order[position * batch_size : (position + 1) * batch_size].tolist()
+
+
+def _optimizer(model: nn.Module, settings: TrainSettings, pruner: MovementPruner | None) -> torch.optim.Optimizer:
+    score_ids = pruner.score_parameter_ids() if pruner else set()
+    weights = [p for p in model.parameters() if p.requires_grad and id(p) not in score_ids]
+    groups = [{"params": weights, "lr": settings.learning_rate, "weight_decay": settings.weight_decay}]
+    if pruner:
+        groups.append({"params": pruner.score_parameters(), "lr": settings.score_learning_rate, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups)
+
+
+def _linear_warmup_decay(total: int, warmup: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return factor
+
+
+class Trainer:
+    """Trains `model` on `features` for `task`, optionally distilling `teacher` and pruning with `pruner`."""
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        task: Task,
+        features: list[dict],
+        settings: TrainSettings,
+        workdir: Path,
+        *,
+        teacher: PreTrainedModel | None = None,
+        pruner: MovementPruner | None = None,
+        eval_examples: list | None = None,
+        stage: str = "train",
+    ) -> None:
+        if not features:
+            raise TrainingError("no training features")
+        self.model, self.tokenizer, self.task = model, tokenizer, task
+        self.features, self.settings = features, settings
+        self.workdir = Path(workdir)
+        self.teacher, self.pruner = teacher, pruner
+        self.eval_examples = eval_examples or []
+        self.stage = stage
+        self.total_steps = settings.total_steps(len(features))
+        self.eval_every = settings.eval_every or max(1, self.total_steps // 4)
+        self.optimizer = _optimizer(model, settings, pruner)
+        warmup = int(settings.warmup_fraction * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _linear_warmup_decay(self.total_steps, warmup)
+        )
+        self.history: list[dict[str, Any]] = []
+        self.step = 0
+
+    # ---- state --------------------------------------------------------------------------------
+    @property
+    def state_dir(self) -> Path:
+        return self.workdir / STATE_DIR
+
+    def _state_fingerprint(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "total_steps": self.total_steps,
+            "features": len(self.features),
+            "settings": self.settings.model_dump(),
+        }
+
+    def save_state(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(self.state_dir / "model.safetensors"))
+        torch.save(
+            {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()},
+            self.state_dir / "optimizer.pt",
+        )
+        state = {"step": self.step, "fingerprint": self._state_fingerprint(), "history": self.history}
+        (self.state_dir / "trainer_state.json").write_text(json.dumps(state, indent=1))
+
+    def load_state(self) -> bool:
+        """Continue from `workdir/state` if it holds this stage's run; False when there is nothing to resume."""
+        path = self.state_dir / "trainer_state.json"
+        if not path.is_file():
+            return False
+        state = json.loads(path.read_text())
+        if state["fingerprint"] != self._state_fingerprint():
+            if state["fingerprint"].get("stage") != self.stage:
+                return False  # an earlier stage's state: this stage starts fresh
+            raise TrainingError(f"{self.state_dir} holds a run with other settings; delete it or run without --resume")
+        load_model(self.model, str(self.state_dir / "model.safetensors"))
+        # Our own file from an earlier run; weights_only refuses anything but tensors and plain data.
+        optimizer_state = torch.load(self.state_dir / "optimizer.pt", weights_only=True)
+        self.optimizer.load_state_dict(optimizer_state["optimizer"])
+        self.scheduler.load_state_dict(optimizer_state["scheduler"])
+        self.step, self.history = state["step"], state["history"]
+        log.info("%s: resuming at step %d of %d from %s", self.stage, self.step, self.total_steps, self.state_dir)
+        return True
+
+    # ---- loop ---------------------------------------------------------------------------------
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        outputs = self.model(**batch)
+        parts = {"task_loss": outputs.loss}
+        loss = outputs.loss
+        if self.teacher is not None:
+            with torch.no_grad():
+                teacher_outputs = self.teacher(**batch)
+            student_logits, mask = self.task.distillation_logits(outputs, batch)
+            teacher_logits, _ = self.task.distillation_logits(teacher_outputs, batch)
+            distill = distillation_loss(student_logits, teacher_logits, self.settings.temperature, mask)
+            parts["distill_loss"] = distill
+            alpha = self.settings.distill_alpha
+            loss = (1.0 - alpha) * outputs.loss + alpha * distill
+        if self.pruner is not None:
+            regularization = self.pruner.regularization(self.step)
+            parts["regularization"] = regularization
+            loss = loss + regularization
+        parts["loss"] = loss
+        return loss, {name: float(value.detach()) for name, value in parts.items()}
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        metrics = self.task.evaluate(self.model, self.tokenizer, self.eval_examples, progress=False)
+        self.model.train()
+        return metrics
+
+    def _record(self, entry: dict[str, Any]) -> None:
+        self.history.append(entry)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with (self.workdir / HISTORY_NAME).open("a") as out:
+            out.write(json.dumps(entry) + "\n")
+
+    def train(self, resume: bool = False) -> TrainResult:
+        if resume:
+            self.load_state()
+        device = next(self.model.parameters()).device
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.model.train()
+        started = time.perf_counter()
+        running: dict[str, float] = {}
+        progress = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step")
+        while self.step < self.total_steps:
+            if self.pruner is not None:
+                self.pruner.update(self.step)
+            indices = _batch_indices(self.step, len(self.features), self.settings.batch_size, self.settings.seed)
+            batch = self.task.collate(self.tokenizer, [self.features[i] for i in indices])
+            batch = {name: tensor.to(device) for name, tensor in batch.items()}
+            loss, parts = self._loss(batch)
+            if not math.isfinite(parts["loss"]):
+                raise TrainingError(
+                    f"{self.stage}: loss is {parts['loss']} at step {self.step}; lower the learning rate"
+                )
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            progress.update(1)
+            for name, value in parts.items():
+                running[name] = running.get(name, 0.0) + value
+            running["_count"] = running.get("_count", 0.0) + 1
+            if self.step % self.settings.log_every == 0 or self.step == self.total_steps:
+                progress.set_postfix(self._log(running))
+                running = {}
+            if self.eval_examples and (self.step % self.eval_every == 0 or self.step == self.total_steps):
+                self._evaluate_and_log()
+            if self.step % self.settings.save_every == 0 and self.step < self.total_steps:
+                self.save_state()
+        progress.close()
+        self.model.eval()
+        return TrainResult(steps=self.step, seconds=time.perf_counter() - started, history=self.history)
+
+    def _log(self, running: dict[str, float]) -> dict[str, float]:
+        """Record the mean of each loss part since the last log line; returns what the progress bar shows."""
+        count = running.pop("_count", 1.0)
+        entry: dict[str, Any] = {"stage": self.stage, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
+        entry.update({name: round(total / count, 5) for name, total in running.items()})
+        if self.pruner is not None:
+            entry.update(self.pruner.report())
+        self._record(entry)
+        details = " ".join(f"{k}={v:.4g}" for k, v in entry.items() if k not in ("stage", "step"))
+        log.info("%s step %d/%d %s", self.stage, self.step, self.total_steps, details)
+        return {k: entry[k] for k in ("loss", "density") if k in entry}
+
+    def _evaluate_and_log(self) -> None:
+        metrics = self.evaluate()
+        entry: dict[str, Any] = {"stage": self.stage, "step": self.step, "eval": metrics}
+        if self.pruner is not None:
+            entry.update(self.pruner.report())
+        self._record(entry)
+        headline = self.task.headline_metric
+        log.info(
+            "%s step %d: eval %s=%.2f on %d examples", self.stage, self.step, headline, metrics[headline], metrics["n"]
+        )

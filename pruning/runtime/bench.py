@@ -1,0 +1,265 @@
+"""Dense vs compact latency in one process: same inputs, warm-up, interleaved repeats, medians.
+
+Timed units per task:
+- question-answering: one forward pass (torch eager, or ONNX Runtime on the exported graph);
+- summarization: the encoder forward alone, and `generate()` with exactly `new_tokens` new tokens
+  (EOS suppressed until then, so dense and compact do the same number of decoder steps).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from tqdm import tqdm
+from transformers import PreTrainedModel
+
+from pruning.artifacts.checkpoint import check_device
+from pruning.artifacts.compact import compact_model
+from pruning.artifacts.export import QA_INPUTS, export_qa_onnx, onnx_session
+from pruning.core.accounting import count_parameters, encoder_flops, flops_ratio
+from pruning.core.options import Device, Flag
+from pruning.core.plan import PruningPlan
+from pruning.core.structure import Workload, geometry_of, task_of
+from pruning.core.task_registry import onnx_tasks, task_entry
+from pruning.runtime.runners import Shape, make_runner, random_inputs
+from pruning.runtime.timing import time_interleaved
+
+log = logging.getLogger(__name__)
+
+
+class BenchRow(BaseModel):
+    arch: str
+    task: str
+    runtime: str
+    unit: str  # "forward", "encoder" or "generate"
+    batch: int
+    seq: int
+    new_tokens: int
+    dense_ms: float
+    compact_ms: float
+    speedup: float  # dense_ms / compact_ms
+    # dense FLOPs / compact FLOPs for the same unit and shape; None when the compact unit has no
+    # layer matmuls left (a BART encoder with every head and FFN unit removed)
+    flops_ratio: float | None
+    params_dense: int
+    params_compact: int
+    dense_iqr_ms: float
+    compact_iqr_ms: float
+    repeats: int
+    threads: int
+    device: str
+
+
+class BenchSettings(BaseModel):
+    """The grid `blockserve bench` times, and how (every field is one of its flags)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batches: Annotated[tuple[int, ...], Flag("--batch")] = Field((1,), min_length=1, description="batch sizes")
+    seqs: Annotated[tuple[int, ...], Flag("--seq")] = Field((128,), min_length=1, description="sequence lengths")
+    runtimes: Annotated[tuple[Literal["torch", "onnx"], ...], Flag("--runtime")] = Field(
+        ("torch",), min_length=1, description="runtimes to time"
+    )
+    repeats: int = Field(10, ge=1, le=10**5, description="timed repeats per model (median reported)")
+    warmup: int = Field(3, ge=0, le=10**4, description="untimed runs per model first")
+    new_tokens: int = Field(32, ge=1, le=4096, description="BART: tokens generated per call")
+    threads: int | None = Field(None, ge=1, le=1024, description="intra-op threads (default: torch's)")
+    device: Device = "cpu"
+
+    @field_validator("batches", "seqs")
+    @classmethod
+    def _positive(cls, values: tuple[int, ...]) -> tuple[int, ...]:
+        bad = [value for value in values if not 1 <= value <= 65536]
+        if bad:
+            raise ValueError(f"every value must be in 1..65536 (got {', '.join(map(str, bad))})")
+        return values
+
+
+@dataclass(frozen=True)
+class _Case:
+    """One timed configuration: a unit at a shape, with its FLOPs ratio and a runner per model."""
+
+    unit: str
+    runtime: str
+    batch: int
+    seq: int
+    new_tokens: int
+    flops_ratio: float | None
+    dense: Callable[[], object]
+    compact: Callable[[], object]
+
+
+def _forward_cases(dense, compact, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
+    """An encoder task: the forward pass, in torch and (when exported) ONNX Runtime."""
+    task = task_of(dense)
+    ratio = flops_ratio(dense.config, plan, Workload(seq), task)
+    shape = Shape(batch, seq)
+    inputs = random_inputs(dense, shape, settings.device, seed)
+    if "torch" in settings.runtimes:
+        runners = [make_runner(model, task, inputs, shape) for model in (dense, compact)]
+        yield _Case("forward", "torch", batch, seq, 0, ratio, *runners)
+    if "onnx" in settings.runtimes:
+        feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS}
+        dense_session, compact_session = sessions
+        yield _Case(
+            "forward",
+            "onnx",
+            batch,
+            seq,
+            0,
+            ratio,
+            lambda: dense_session.run(None, feeds),
+            lambda: compact_session.run(None, feeds),
+        )
+
+
+def _generate_cases(dense, compact, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
+    """An encoder-decoder task: the encoder forward, and `generate()` of exactly `new_tokens`."""
+    task = task_of(dense)
+    full = PruningPlan.full(geometry_of(dense.config))
+    shape = Shape(batch, seq, settings.new_tokens)
+    inputs = random_inputs(dense, shape, settings.device, seed)
+    input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
+    compact_encoder = encoder_flops(dense.config, plan, seq)
+    encoder_ratio = encoder_flops(dense.config, full, seq) / compact_encoder if compact_encoder else None
+    yield _Case(
+        "encoder",
+        "torch",
+        batch,
+        seq,
+        0,
+        encoder_ratio,
+        lambda: dense.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
+        lambda: compact.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
+    )
+    n = settings.new_tokens
+    generate_ratio = flops_ratio(dense.config, plan, Workload(seq, new_tokens=n), task)
+    runners = [make_runner(model, task, inputs, shape) for model in (dense, compact)]
+    yield _Case("generate", "torch", batch, seq, n, generate_ratio, *runners)
+
+
+_CASES = {"forward": _forward_cases, "generate": _generate_cases}  # by `TaskEntry.timed_unit`
+
+
+def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: BenchSettings) -> list[BenchRow]:
+    """Time `dense` against its compaction to `plan` over the settings' grid."""
+    check_device(settings.device)
+    threads = settings.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    task = task_of(dense)
+    dense = dense.to(settings.device).eval()
+    compact = compact_model(copy.deepcopy(dense), plan).eval()
+    params_dense, params_compact = count_parameters(dense), count_parameters(compact)
+    log.info("%s: %d → %d parameters; plan %s", arch, params_dense, params_compact, plan.summary().describe())
+    entry = task_entry(task)
+    use_onnx = "onnx" in settings.runtimes and entry.onnx_export
+    if "onnx" in settings.runtimes and not use_onnx:
+        log.warning("ONNX export covers %s only; timing %s with torch alone", ", ".join(onnx_tasks()), task)
+    rows: list[BenchRow] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        sessions = None
+        if use_onnx:
+            log.info("exporting dense and compact models to ONNX")
+            sessions = tuple(
+                # Thread count only when asked for: ORT pins its own pool to cores only by default.
+                # No spinning: dense and compact sessions (and torch) alternate on the same cores.
+                onnx_session(
+                    export_qa_onnx(model, Path(scratch) / f"{name}.onnx"),
+                    settings.device,
+                    settings.threads,
+                    spinning=False,
+                )
+                for name, model in (("dense", dense), ("compact", compact))
+            )
+        grid = [(batch, seq) for batch in settings.batches for seq in settings.seqs]
+        with torch.inference_mode():
+            for seed, (batch, seq) in enumerate(tqdm(grid, desc=f"bench {arch}", unit="shape")):
+                cases = _CASES[entry.timed_unit](dense, compact, plan, settings, batch, seq, sessions, seed)
+                for case in cases:
+                    timings = time_interleaved(
+                        {"dense": case.dense, "compact": case.compact}, settings.warmup, settings.repeats
+                    )
+                    dense_timing, compact_timing = timings["dense"], timings["compact"]
+                    row = BenchRow(
+                        arch=arch,
+                        task=task,
+                        runtime=case.runtime,
+                        unit=case.unit,
+                        batch=batch,
+                        seq=seq,
+                        new_tokens=case.new_tokens,
+                        dense_ms=dense_timing.median_ms,
+                        compact_ms=compact_timing.median_ms,
+                        speedup=dense_timing.median_ms / compact_timing.median_ms,
+                        flops_ratio=case.flops_ratio,
+                        params_dense=params_dense,
+                        params_compact=params_compact,
+                        dense_iqr_ms=dense_timing.spread_ms,
+                        compact_iqr_ms=compact_timing.spread_ms,
+                        repeats=settings.repeats,
+                        threads=threads,
+                        device=settings.device,
+                    )
+                    log.info(
+                        "%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %s)",
+                        arch,
+                        row.runtime,
+                        row.unit,
+                        batch,
+                        seq,
+                        row.dense_ms,
+                        row.compact_ms,
+                        row.speedup,
+                        _number(row.flops_ratio),
+                    )
+                    rows.append(row)
+    return rows
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    header = f"{'arch':<20} {'runtime':<7} {'unit':<8} {'batch':>5} {'seq':>5} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        lines.append(
+            f"{row.arch:<20} {row.runtime:<7} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
+            f"{row.compact_ms:>11.1f} {row.speedup:>8.2f} {_number(row.flops_ratio):>11} "
+            f"{_number(row.speedup / row.flops_ratio if row.flops_ratio else None):>13}"
+        )
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
+    """Bar chart of measured speedup next to the FLOPs ratio, one bar group per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r.runtime}/{r.unit}\nb{r.batch} s{r.seq}" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
+    ax.bar(x - 0.2, [r.speedup for r in rows], width=0.4, label="measured speedup (dense ms / compact ms)")
+    ratios = [r.flops_ratio or 0.0 for r in rows]  # no bar where the ratio is undefined
+    ax.bar(x + 0.2, ratios, width=0.4, label="FLOPs ratio (dense / compact)")
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_ylim(0, 1.3 * max(max(r.speedup, ratio) for r, ratio in zip(rows, ratios, strict=True)))  # legend room
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("× faster")
+    ax.set_title(f"{rows[0].arch}: compact vs dense ({rows[0].device}, {rows[0].threads} threads)")
+    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
