@@ -26,6 +26,7 @@ COPY pyproject.toml README.md ./
 COPY pruning ./pruning
 COPY service ./service
 COPY loadtests ./loadtests
+COPY blockserve ./blockserve
 COPY deploy ./deploy
 # The `gpu` extra brings onnxruntime-gpu (CUDA execution provider) instead of the CPU onnxruntime.
 RUN pip install '.[gpu]'

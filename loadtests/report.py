@@ -56,8 +56,20 @@ def _level_row(r: LevelResult) -> str:
 
 
 def markdown(summary: Summary, reproduce: str) -> str:
-    s = summary
-    lines = [
+    """The report: what ran where, the headline ratios, every level, the SLO, errors, plots."""
+    sections = (
+        _header(summary, reproduce),
+        _variants(summary),
+        _speedup(summary),
+        _levels(summary),
+        _errors(summary),
+        _plots(),
+    )
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+def _header(s: Summary, reproduce: str) -> list[str]:
+    return [
         f"# Load test: /v1/{s.route}, {' vs '.join(s.variants)}",
         "",
         f"{s.started}, {s.seconds / 60:.1f} min. Reproduce: `{reproduce}`",
@@ -71,27 +83,37 @@ def markdown(summary: Summary, reproduce: str) -> str:
         f"{s.settings.duration_s:g} s windows (closed loop: ≥ {s.settings.min_requests} requests), "
         f"{s.settings.warmup} warm-up requests discarded per window, {s.settings.repeats} repeats with the "
         "variants' order alternated",
+    ]
+
+
+def _variants(s: Summary) -> list[str]:
+    lines = [
         "",
         "## Variants",
         "",
-        "| variant | checkpoint | compact | plan (kept / total) | params | FLOPs ratio | runtime | device | threads | batching |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| variant | checkpoint | compact | plan (kept / total) | plan digest | params | FLOPs ratio | runtime (dtype) | device | threads | batching |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
     for info in s.service:
         plan = info.plan_summary.describe() if info.plan_summary else "dense"
         batching = ", ".join(f"{k} {v}" for k, v in info.batching.model_dump().items())
         lines.append(
             f"| {info.variant} | `{info.checkpoint}` | {'yes' if info.compact else 'no'} | {plan} | "
-            f"{info.params / 1e6:.1f} M | {'—' if info.flops_ratio is None else f'{info.flops_ratio:.2f}'} | "
-            f"{info.runtime} {info.dtype} | {info.device} | {info.threads} | {batching} |"
+            f"{info.plan_digest or '—'} | {info.params / 1e6:.1f} M | "
+            f"{'—' if info.flops_ratio is None else f'{info.flops_ratio:.2f}'} | {info.runtime} ({info.dtype}) | "
+            f"{info.device} | {info.threads} | {batching} |"
         )
-    lines += [
+    return lines
+
+
+def _speedup(s: Summary) -> list[str]:
+    lines = [
         "",
         f"## Speedup at concurrency 1 ({s.baseline} p50 / variant p50)",
         "",
         "| variant | client | per repeat | server (Prometheus p50) | server (mean) | `blockserve bench` | client vs bench | server vs client |",
         "|---|---|---|---|---|---|---|---|",
-    ]
+    ]  # fmt: skip
     for r in s.ratios:
         repeats = ", ".join(f"{x:.2f}" for x in r.client_by_repeat) or "—"
         lines.append(
@@ -103,11 +125,16 @@ def markdown(summary: Summary, reproduce: str) -> str:
         if isinstance(b, BenchResult) else f"{b.variant}: not run ({b.reason})"
         for b in s.bench
     ) if s.bench else "Bench: not run (--no-bench)."]  # fmt: skip
-    lines += [
+    return lines + [
         "",
         "Client latency runs from the send (closed loop) or the scheduled send time (open loop) to the last byte; "
         "the server's runs from the ingress receiving the request to its response (`blockserve_request_duration_seconds`), "
         "so the gap between them is the HTTP proxy's share.",
+    ]  # fmt: skip
+
+
+def _levels(s: Summary) -> list[str]:
+    return [
         "",
         "## Per variant and load",
         "",
@@ -125,15 +152,20 @@ def markdown(summary: Summary, reproduce: str) -> str:
         "|---|---|---|",
         *(f"| {r.variant} | {'—' if r.max_throughput_rps is None else f'{r.max_throughput_rps:.2f}'} | {r.at or 'no level met the SLO'} |" for r in s.slo),
     ]  # fmt: skip
+
+
+def _errors(s: Summary) -> list[str]:
     errors = [r for r in s.levels() if r.errors]
-    if errors:
-        lines += ["", "## Errors", ""]
-        lines += [
-            f"- {r.variant} {r.mode} {r.level:g}: {r.errors} ({r.statuses}); e.g. {r.error_examples}" for r in errors
-        ]
-    lines += ["", "## Plots", "", f"![latency and throughput against load]({LATENCY_PLOT})", "",
-              f"![latency CDF]({CDF_PLOT})", "", f"Raw per-request results: [{RAW}]({RAW}); all numbers: [{SUMMARY}]({SUMMARY})."]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    if not errors:
+        return []
+    return ["", "## Errors", ""] + [
+        f"- {r.variant} {r.mode} {r.level:g}: {r.errors} ({r.statuses}); e.g. {r.error_examples}" for r in errors
+    ]
+
+
+def _plots() -> list[str]:
+    return ["", "## Plots", "", f"![latency and throughput against load]({LATENCY_PLOT})", "",
+            f"![latency CDF]({CDF_PLOT})", "", f"Raw per-request results: [{RAW}]({RAW}); all numbers: [{SUMMARY}]({SUMMARY})."]  # fmt: skip
 
 
 def write_report(summary: Summary, records: list[RequestRecord], out: Path, reproduce: str) -> dict[str, Path]:

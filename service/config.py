@@ -79,6 +79,11 @@ class LimitsConfig(Strict):
             raise ValueError(f"window_stride ({self.window_stride}) must be smaller than window_tokens")
         if self.max_question_tokens + 8 >= self.window_tokens:
             raise ValueError("max_question_tokens leaves no room for context in a window")
+        if self.window_stride >= self.window_tokens - self.max_question_tokens - 8:
+            raise ValueError(
+                f"window_stride ({self.window_stride}) leaves no new context per window after a question of "
+                f"max_question_tokens ({self.max_question_tokens}) in window_tokens ({self.window_tokens})"
+            )
         return self
 
 

@@ -24,7 +24,7 @@ from pruning.artifacts.checkpoint import load_checkpoint
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
-from service.qa_engine import QAEngine, QAInput, onnx_forward, torch_forward
+from service.qa_engine import EncodedQA, QAEngine, QAInput, onnx_forward, torch_forward
 from service.schemas import VariantInfo
 from service.summarize_engine import SummarizeEngine, SummaryInput
 
@@ -148,14 +148,14 @@ class _ModelServer:
 
     async def __call__(self, payload: Any) -> Outcome:
         try:
-            tokens = self.count_tokens(payload)
+            prepared, tokens = self.prepare(payload)
         except InputTooLong as error:
             self.collector.reject.remote(self.task, self.variant_name, "too_long")
             return Outcome(413, error=str(error))
         except SettingsTooHigh as error:
             return Outcome(422, error=str(error))
         unit = math.ceil(self.batching.max_batch_tokens / self.batching.max_batch_size)
-        return await self.run_batch(_Queued(payload, tokens, unit))
+        return await self.run_batch(_Queued(prepared, tokens, unit))
 
     async def _batch(self, items: list[_Queued], infer) -> list[Outcome]:
         started = time.perf_counter()
@@ -198,12 +198,14 @@ class QAServer(_ModelServer):
     def _warm_up(self) -> None:
         self.engine.answer([QAInput("What is served?", "Pruned models are served.")])
 
-    def count_tokens(self, payload: QAInput) -> int:
-        return self.engine.count_tokens(payload)
+    def prepare(self, payload: QAInput) -> tuple[EncodedQA, int]:
+        # Tokenized once: the encoding that is counted against the limits is the one the batch runs.
+        encoded = self.engine.encode(payload)
+        return encoded, encoded.tokens
 
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
     async def run_batch(self, items: list[_Queued]) -> list[Outcome]:
-        return await self._batch(items, self.engine.answer)
+        return await self._batch(items, self.engine.answer_encoded)
 
 
 @serve.deployment
@@ -216,8 +218,8 @@ class SummarizeServer(_ModelServer):
     def _warm_up(self) -> None:
         self.engine.summarize([SummaryInput("Pruned models are served side by side.", max_new_tokens=2)])
 
-    def count_tokens(self, payload: SummaryInput) -> int:
-        return self.engine.count_tokens(payload)
+    def prepare(self, payload: SummaryInput) -> tuple[SummaryInput, int]:
+        return payload, self.engine.count_tokens(payload)
 
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
     async def run_batch(self, items: list[_Queued]) -> list[Outcome]:

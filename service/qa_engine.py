@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from pruning.tasks.qa import MODEL_INPUTS, Span, candidate_spans
+from pruning.tasks.qa import Span, candidate_spans
 from service.config import LimitsConfig
 from service.errors import InputTooLong
 
@@ -56,6 +57,34 @@ def onnx_forward(session) -> Forward:
     return forward
 
 
+@dataclass(frozen=True)
+class Window:
+    """One doc-stride window as the model sees it: [special] question [special] context slice [special]."""
+
+    input_ids: list[int]
+    token_type_ids: list[int]
+    offsets: list[tuple[int, int]]  # character spans (context tokens: in the request's context)
+    in_context: list[bool]
+
+
+@dataclass(frozen=True)
+class EncodedQA:
+    """A request tokenized once: its limits are checked on this encoding and its windows are cut from it."""
+
+    item: QAInput
+    tokens: int  # question + context tokens, before any window is cut
+    windows: tuple[Window, ...]
+
+
+def _window(encoding) -> Window:
+    in_context = [sequence == 1 for sequence in encoding.sequence_ids]
+    # Segment ids from the sequence ids: after `truncate`, the post-processor leaves the context tokens
+    # at segment 0 (tokenizers 0.22), while BERT takes 1 from the first context token on.
+    first = in_context.index(True) if any(in_context) else len(in_context) - 1
+    types = [0] * first + [1] * (len(in_context) - first)
+    return Window(list(encoding.ids), types, [tuple(offset) for offset in encoding.offsets], in_context)
+
+
 class QAEngine:
     def __init__(
         self, forward: Forward, tokenizer: PreTrainedTokenizerBase, limits: LimitsConfig, max_positions: int
@@ -67,44 +96,61 @@ class QAEngine:
         self.forward = forward
         self.tokenizer = tokenizer
         self.limits = limits
+        # A private copy of the fast tokenizer's backend: transformers leaves truncation and padding
+        # settings on the shared one after each call, and the windows below need neither.
+        self.backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        self.backend.no_truncation()
+        self.backend.no_padding()
 
-    def count_tokens(self, item: QAInput) -> int:
-        """Context tokens of a request; raises `InputTooLong` when the question or the context is over its limit."""
-        question = len(self.tokenizer(item.question, add_special_tokens=False)["input_ids"])
-        if question > self.limits.max_question_tokens:
-            raise InputTooLong("question", question, self.limits.max_question_tokens)
-        context = len(self.tokenizer(item.context, add_special_tokens=False)["input_ids"])
-        if context > self.limits.max_input_tokens:
-            raise InputTooLong("context", context, self.limits.max_input_tokens)
-        return question + context
+    def encode(self, item: QAInput) -> EncodedQA:
+        """Tokenize once, check the limits, cut the doc-stride windows; `InputTooLong` over a limit.
+
+        The windows come from the tokenizer's own truncation with stride and post-processor (special
+        tokens, segment ids), run on this one encoding: the same windows the evaluator scores.
+        """
+        backend = self.backend
+        question = backend.encode(item.question.lstrip(), add_special_tokens=False)
+        if len(question.ids) > self.limits.max_question_tokens:
+            raise InputTooLong("question", len(question.ids), self.limits.max_question_tokens)
+        context = backend.encode(item.context, add_special_tokens=False)
+        if len(context.ids) > self.limits.max_input_tokens:
+            raise InputTooLong("context", len(context.ids), self.limits.max_input_tokens)
+        tokens = len(question.ids) + len(context.ids)
+        room = self.limits.window_tokens - len(question.ids) - backend.num_special_tokens_to_add(True)
+        context.truncate(room, stride=self.limits.window_stride)
+        full = backend.post_process(question, context, add_special_tokens=True)
+        return EncodedQA(item, tokens, tuple(_window(encoding) for encoding in (full, *full.overflowing)))
 
     def answer(self, items: list[QAInput]) -> list[list[Span]]:
-        """The `top_k` best spans of each item (character offsets into its context), best first."""
-        encoded = self.tokenizer(
-            [item.question.lstrip() for item in items],
-            [item.context for item in items],
-            truncation="only_second",
-            max_length=self.limits.window_tokens,
-            stride=self.limits.window_stride,
-            return_overflowing_tokens=True,
-            return_offsets_mapping=True,
-            padding="longest",
-            return_tensors="np",
-        )
-        arrays = {name: encoded[name].astype(np.int64) for name in MODEL_INPUTS if name in encoded}
+        """`answer_encoded` of requests not encoded yet (limits checked here)."""
+        return self.answer_encoded([self.encode(item) for item in items])
+
+    def answer_encoded(self, encoded: list[EncodedQA]) -> list[list[Span]]:
+        """The `top_k` best spans of each request (character offsets into its context), best first."""
+        windows = [(index, window) for index, request in enumerate(encoded) for window in request.windows]
+        longest = max(len(window.input_ids) for _, window in windows)
+        pad = self.tokenizer.pad_token_id or 0
+
+        def padded(rows: list[list[int]], value: int) -> np.ndarray:
+            return np.array([row + [value] * (longest - len(row)) for row in rows], dtype=np.int64)
+
+        arrays = {
+            "input_ids": padded([w.input_ids for _, w in windows], pad),
+            "attention_mask": padded([[1] * len(w.input_ids) for _, w in windows], 0),
+        }
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            arrays["token_type_ids"] = padded([w.token_type_ids for _, w in windows], 0)
         start_logits, end_logits = self.forward(arrays)
-        best: list[dict[tuple[int, int], Span]] = [{} for _ in items]
-        for window, item_index in enumerate(encoded["overflow_to_sample_mapping"]):
-            sequence_ids = encoded.sequence_ids(window)
-            in_context = np.array([s == 1 for s in sequence_ids])
-            offsets = [tuple(pair) for pair in encoded["offset_mapping"][window][: len(sequence_ids)]]
+        best: list[dict[tuple[int, int], Span]] = [{} for _ in encoded]
+        for row, (index, window) in enumerate(windows):
             for span in candidate_spans(
-                start_logits[window], end_logits[window], offsets, in_context, N_BEST, self.limits.max_answer_tokens
-            ):
+                start_logits[row], end_logits[row], window.offsets, np.array(window.in_context),
+                N_BEST, self.limits.max_answer_tokens,
+            ):  # fmt: skip
                 key = (span.start, span.end)  # the same span seen from two overlapping windows counts once
-                if key not in best[item_index] or span.score > best[item_index][key].score:
-                    best[item_index][key] = span
+                if key not in best[index] or span.score > best[index][key].score:
+                    best[index][key] = span
         return [
-            sorted(spans.values(), key=lambda span: span.score, reverse=True)[: item.top_k]
-            for spans, item in zip(best, items, strict=True)
+            sorted(spans.values(), key=lambda span: span.score, reverse=True)[: request.item.top_k]
+            for spans, request in zip(best, encoded, strict=True)
         ]

@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pruning.artifacts.checkpoint import load_checkpoint
 from pruning.artifacts.records import Scores
-from pruning.core.options import Device, ExistingFile, Flag, ModelReference, Nested
+from pruning.core.options import ExistingFile, ModelReference, Nested
 from pruning.core.structure import task_of
 from pruning.core.task_registry import TaskName
 from pruning.methods.history_plot import plot_history
-from pruning.methods.training import TRAINING, Trainer, TrainSettings
+from pruning.methods.training import Trainer, TrainingRun, TrainSettings
 from pruning.tasks import make_task
 from pruning.tasks.evaluate import checkpoint_tokenizer, evaluate_model
 from pruning.tasks.options import TaskOptions
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 RESULTS_NAME = "training.json"
 
 
-class FinetuneJob(BaseModel):
+class FinetuneJob(TrainingRun):
     """`blockserve finetune`: what to train, on which data, and how."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -38,16 +38,6 @@ class FinetuneJob(BaseModel):
     training: Annotated[TrainSettings, Nested("score_learning_rate", "distill_alpha", "temperature")] = TrainSettings(
         learning_rate=5e-5, epochs=2.0, distill_alpha=0.0
     )
-    train_limit: Annotated[int | None, Flag(group=TRAINING)] = Field(
-        None, ge=1, description="use only the first N training examples"
-    )
-    eval_limit: Annotated[int | None, Flag(group=TRAINING)] = Field(
-        None, ge=1, description="use only the first N eval examples"
-    )
-    resume: Annotated[bool, Flag(switch=True, group=TRAINING)] = Field(
-        False, description="continue an interrupted run from its work directory"
-    )
-    device: Annotated[Device, Flag(group=TRAINING)] = "cpu"
     task_options: TaskOptions = TaskOptions()
 
 

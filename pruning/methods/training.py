@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from pruning.core.errors import TrainingError
-from pruning.core.options import Flag
+from pruning.core.options import Device, Flag
 from pruning.methods.movement.pruner import MovementPruner
 from pruning.tasks import Task, distillation_loss
 
@@ -84,6 +84,23 @@ class TrainSettings(BaseModel):
         if self.max_steps is not None:
             return self.max_steps
         return max(1, math.ceil(self.epochs * math.ceil(features / self.batch_size)))
+
+
+class TrainingRun(BaseModel):
+    """Options every training command has besides its settings: how much data, where, and resuming."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_limit: Annotated[int | None, Flag(group=TRAINING)] = Field(
+        None, ge=1, description="use only the first N training examples"
+    )
+    eval_limit: Annotated[int | None, Flag(group=TRAINING)] = Field(
+        None, ge=1, description="use only the first N eval examples"
+    )
+    resume: Annotated[bool, Flag(switch=True, group=TRAINING)] = Field(
+        False, description="continue an interrupted run from its work directory"
+    )
+    device: Annotated[Device, Flag(group=TRAINING)] = "cpu"
 
 
 @dataclass

@@ -184,45 +184,25 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
         with torch.inference_mode():
             for seed, (batch, seq) in enumerate(tqdm(grid, desc=f"bench {arch}", unit="shape")):
                 cases = _CASES[entry.timed_unit](dense, compact, plan, settings, batch, seq, sessions, seed)
-                for case in cases:
-                    timings = time_interleaved(
-                        {"dense": case.dense, "compact": case.compact}, settings.warmup, settings.repeats
-                    )
-                    dense_timing, compact_timing = timings["dense"], timings["compact"]
-                    row = BenchRow(
-                        arch=arch,
-                        task=task,
-                        runtime=case.runtime,
-                        unit=case.unit,
-                        batch=batch,
-                        seq=seq,
-                        new_tokens=case.new_tokens,
-                        dense_ms=dense_timing.median_ms,
-                        compact_ms=compact_timing.median_ms,
-                        speedup=dense_timing.median_ms / compact_timing.median_ms,
-                        flops_ratio=case.flops_ratio,
-                        params_dense=params_dense,
-                        params_compact=params_compact,
-                        dense_iqr_ms=dense_timing.spread_ms,
-                        compact_iqr_ms=compact_timing.spread_ms,
-                        repeats=settings.repeats,
-                        threads=threads,
-                        device=settings.device,
-                    )
-                    log.info(
-                        "%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %s)",
-                        arch,
-                        row.runtime,
-                        row.unit,
-                        batch,
-                        seq,
-                        row.dense_ms,
-                        row.compact_ms,
-                        row.speedup,
-                        _number(row.flops_ratio),
-                    )
-                    rows.append(row)
+                rows += [_time(case, arch, task, settings, params_dense, params_compact, threads) for case in cases]
     return rows
+
+
+def _time(case: _Case, arch: str, task: str, settings: BenchSettings, params_dense: int, params_compact: int,
+          threads: int) -> BenchRow:  # fmt: skip
+    """Dense and compact of one case, interleaved on the same inputs after warm-up: one row of medians."""
+    timings = time_interleaved({"dense": case.dense, "compact": case.compact}, settings.warmup, settings.repeats)
+    dense, compact = timings["dense"], timings["compact"]
+    row = BenchRow(
+        arch=arch, task=task, runtime=case.runtime, unit=case.unit, batch=case.batch, seq=case.seq,
+        new_tokens=case.new_tokens, dense_ms=dense.median_ms, compact_ms=compact.median_ms,
+        speedup=dense.median_ms / compact.median_ms, flops_ratio=case.flops_ratio, params_dense=params_dense,
+        params_compact=params_compact, dense_iqr_ms=dense.spread_ms, compact_iqr_ms=compact.spread_ms,
+        repeats=settings.repeats, threads=threads, device=settings.device,
+    )  # fmt: skip
+    log.info("%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %s)", arch, row.runtime,
+             row.unit, row.batch, row.seq, row.dense_ms, row.compact_ms, row.speedup, _number(row.flops_ratio))  # fmt: skip
+    return row
 
 
 def format_table(rows: list[BenchRow]) -> str:

@@ -43,13 +43,11 @@ def _scattered_plan(config) -> PruningPlan:
     """Heterogeneous, like a real pruning result: different heads and units per layer, one empty layer."""
     geometry = geometry_of(config)
     generator = torch.Generator().manual_seed(0)
-    plan = PruningPlan.full(geometry)
-    for index, layer in enumerate(plan.stacks["encoder"].layers):
-        heads = torch.randperm(12, generator=generator)[: 2 * index].tolist()  # layer 0 keeps no heads
-        units = torch.randperm(1536, generator=generator)[: 1536 // (index + 2)].tolist()
-        layer.heads["self_attn"] = heads
-        layer.ffn_units = units
-    return PruningPlan.from_dict(plan.model_dump())
+    data = PruningPlan.full(geometry).model_dump()
+    for index, layer in enumerate(data["stacks"]["encoder"]["layers"]):
+        layer["heads"]["self_attn"] = torch.randperm(12, generator=generator)[: 2 * index].tolist()  # layer 0: none
+        layer["ffn_units"] = torch.randperm(1536, generator=generator)[: 1536 // (index + 2)].tolist()
+    return PruningPlan.from_dict(data)
 
 
 def test_compact_checkpoint_matches_masked_model_on_real_text(dense, real_batch, tmp_path):

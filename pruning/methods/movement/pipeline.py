@@ -16,22 +16,23 @@ import copy
 import json
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 from transformers import PreTrainedModel
 
 from pruning.artifacts.checkpoint import MANIFEST_NAME, Manifest, load_checkpoint, save_compact
 from pruning.artifacts.compact import compact_model
 from pruning.artifacts.records import Evaluation, MovementMethod
 from pruning.core.errors import CheckpointError
-from pruning.core.options import Device, ExistingFile, Flag, ModelReference
+from pruning.core.options import ExistingFile, Flag, ModelReference
 from pruning.core.plan import PruningPlan
 from pruning.core.structure import task_of
 from pruning.methods.history_plot import plot_history
 from pruning.methods.movement.pruner import MovementPruner, MovementSettings
-from pruning.methods.training import DISTILLATION, HISTORY_NAME, TRAINING, Trainer, TrainSettings
+from pruning.methods.training import DISTILLATION, HISTORY_NAME, Trainer, TrainingRun, TrainSettings
 from pruning.tasks import Task, make_task
 from pruning.tasks.evaluate import checkpoint_tokenizer, evaluate_model
 from pruning.tasks.options import TaskOptions
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 FILES = "movement (the paper's method)"
 
 
-class MovementJob(BaseModel):
+class MovementJob(TrainingRun):
     """`blockserve prune --method movement`: teacher and data, masks, the pruning run, an optional fill run."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,16 +70,6 @@ class MovementJob(BaseModel):
     evaluate_teacher: Annotated[bool, Flag("--eval-teacher", group=DISTILLATION)] = Field(
         True, description="score the teacher on --eval too"
     )
-    train_limit: Annotated[int | None, Flag(group=TRAINING)] = Field(
-        None, ge=1, description="use only the first N training examples"
-    )
-    eval_limit: Annotated[int | None, Flag(group=TRAINING)] = Field(
-        None, ge=1, description="use only the first N eval examples"
-    )
-    resume: Annotated[bool, Flag(switch=True, group=TRAINING)] = Field(
-        False, description="continue an interrupted run from its work directory"
-    )
-    device: Annotated[Device, Flag(group=TRAINING)] = "cpu"
     task_options: TaskOptions = TaskOptions()
 
     @property
@@ -93,83 +84,110 @@ class MovementJob(BaseModel):
         return self.workdir or self.out.with_name(self.out.name + ".work")
 
 
-def prune_movement(job: MovementJob) -> Manifest:
-    out_dir, workdir = job.out, job.work_directory
-    if not job.resume and workdir.exists():
-        shutil.rmtree(workdir)  # a fresh run must not mix its history with an old one
-    teacher_checkpoint = load_checkpoint(job.teacher, device=job.device)
-    if teacher_checkpoint.is_compact:
-        raise CheckpointError(f"{job.teacher} is compact; the teacher must be the dense fine-tuned model")
-    task = make_task(task_of(teacher_checkpoint.model), **job.task_options.given())
-    tokenizer = checkpoint_tokenizer(teacher_checkpoint)
-    examples = task.load(job.train, job.train_limit)
-    features = task.train_features(tokenizer, examples)
-    evaluation = task.load(job.eval, job.eval_limit)
-    periodic = evaluation[: job.eval_sample]
-    log.info(
-        "%s: %d training examples → %d features; %d eval examples",
-        task.name,
-        len(examples),
-        len(features),
-        len(evaluation),
-    )
+@dataclass
+class _Inputs:
+    """The teacher and the data, loaded and tokenised once for every stage."""
 
-    pruned_dir = workdir / "pruned"
+    teacher: PreTrainedModel
+    task: Task
+    tokenizer: object
+    train_examples: int
+    features: list
+    evaluation: list  # every eval example (final scores)
+    periodic: list  # the sample scored during training
+
+
+def prune_movement(job: MovementJob) -> Manifest:
+    """Steps 1–5 of the module docstring; a resumed run reuses a finished pruning stage."""
+    if not job.resume and job.work_directory.exists():
+        shutil.rmtree(job.work_directory)  # a fresh run must not mix its history with an old one
+    inputs = _load_inputs(job)
+    pruned_dir = job.work_directory / "pruned"
     if job.resume and (pruned_dir / MANIFEST_NAME).is_file():
         log.info("resuming: the pruning stage is done (%s)", pruned_dir)
         pruned = load_checkpoint(pruned_dir, device=job.device)
-        student, plan = pruned.model, pruned.manifest.plan
-        method, scores = pruned.manifest.method, pruned.manifest.evaluation
+        student, plan, method, scores = (
+            pruned.model,
+            pruned.manifest.plan,
+            pruned.manifest.method,
+            pruned.manifest.evaluation,
+        )
     else:
-        teacher_scores = None
-        if job.evaluate_teacher:  # on resume its score is already in the pruned stage's manifest
-            teacher_scores = evaluate_model(
-                teacher_checkpoint.model, tokenizer, task, evaluation, label=str(job.teacher)
-            )
-        student, plan, prune_steps, final_density = _prune_stage(
-            teacher_checkpoint.model, task, tokenizer, features, periodic, job, workdir
-        )
-        method = MovementMethod(
-            hybrid_filled=job.fill is not None,
-            teacher=str(job.teacher),
-            train_file=str(job.train),
-            train_examples=len(examples),
-            prune_steps=prune_steps,
-            final_density=final_density,
-            settings=job.model_dump(mode="json"),
-        )
-        scores = Evaluation(
-            data=str(job.eval),
-            teacher=teacher_scores,
-            pruned=evaluate_model(student, tokenizer, task, evaluation, label="pruned"),
-            result="pruned",
-        )
-        save_compact(
-            student, plan, pruned_dir, source=str(job.teacher), tokenizer=tokenizer, method=method, evaluation=scores
-        )
+        student, plan, method, scores = _pruning_stage(job, inputs)
+        save_compact(student, plan, pruned_dir, source=str(job.teacher), tokenizer=inputs.tokenizer, method=method, evaluation=scores)  # fmt: skip
     if job.fill is not None:
-        trainer = Trainer(
-            student,
-            tokenizer,
-            task,
-            features,
-            job.fill,
-            workdir,
-            teacher=teacher_checkpoint.model,
-            eval_examples=periodic,
-            stage="fill",
-        )
-        method = method.model_copy(update={"fill_steps": trainer.train(resume=job.resume).steps})
-        filled = evaluate_model(student, tokenizer, task, evaluation, label="filled")
-        scores = scores.model_copy(update={"filled": filled, "result": "filled"})
+        method, scores = _fill_stage(job, inputs, student, method, scores)
     manifest = save_compact(
-        student, plan, out_dir, source=str(job.teacher), tokenizer=tokenizer, method=method, evaluation=scores
+        student, plan, job.out, source=str(job.teacher), tokenizer=inputs.tokenizer, method=method, evaluation=scores
     )
-    history = [json.loads(line) for line in (workdir / HISTORY_NAME).read_text().splitlines()]
-    (out_dir / HISTORY_NAME).write_text((workdir / HISTORY_NAME).read_text())
-    plot_history(history, task.headline_metric, out_dir / "training.png", title=f"movement pruning → {out_dir.name}")
-    log.info("wrote %s: plan %s", out_dir, manifest.plan.summary().describe())
+    _write_history(job, inputs.task)
+    log.info("wrote %s: plan %s", job.out, manifest.plan.summary().describe())
     return manifest
+
+
+def _load_inputs(job: MovementJob) -> _Inputs:
+    teacher = load_checkpoint(job.teacher, device=job.device)
+    if teacher.is_compact:
+        raise CheckpointError(f"{job.teacher} is compact; the teacher must be the dense fine-tuned model")
+    task = make_task(task_of(teacher.model), **job.task_options.given())
+    tokenizer = checkpoint_tokenizer(teacher)
+    examples = task.load(job.train, job.train_limit)
+    features = task.train_features(tokenizer, examples)
+    evaluation = task.load(job.eval, job.eval_limit)
+    log.info("%s: %d training examples → %d features; %d eval examples", task.name, len(examples), len(features),
+             len(evaluation))  # fmt: skip
+    return _Inputs(teacher.model, task, tokenizer, len(examples), features, evaluation, evaluation[: job.eval_sample])
+
+
+def _pruning_stage(
+    job: MovementJob, inputs: _Inputs
+) -> tuple[PreTrainedModel, PruningPlan, MovementMethod, Evaluation]:
+    """Score the teacher, prune with distillation, compact, score the pruned student, and say so."""
+    teacher_scores = None
+    if job.evaluate_teacher:  # on resume its score is already in the pruned stage's manifest
+        teacher_scores = evaluate_model(inputs.teacher, inputs.tokenizer, inputs.task, inputs.evaluation, label=str(job.teacher))  # fmt: skip
+    student, plan, prune_steps, final_density = _prune_stage(
+        inputs.teacher, inputs.task, inputs.tokenizer, inputs.features, inputs.periodic, job, job.work_directory
+    )
+    method = MovementMethod(
+        hybrid_filled=job.fill is not None,
+        teacher=str(job.teacher),
+        train_file=str(job.train),
+        train_examples=inputs.train_examples,
+        prune_steps=prune_steps,
+        final_density=final_density,
+        settings=job.model_dump(mode="json"),
+    )
+    scores = Evaluation(
+        data=str(job.eval),
+        teacher=teacher_scores,
+        pruned=evaluate_model(student, inputs.tokenizer, inputs.task, inputs.evaluation, label="pruned"),
+        result="pruned",
+    )
+    return student, plan, method, scores
+
+
+def _fill_stage(
+    job: MovementJob, inputs: _Inputs, student: PreTrainedModel, method: MovementMethod, scores: Evaluation
+) -> tuple[MovementMethod, Evaluation]:
+    """Hybrid-filled: fine-tune the compact student with distillation again; the records say how long and how well."""
+    trainer = Trainer(
+        student, inputs.tokenizer, inputs.task, inputs.features, job.fill, job.work_directory,
+        teacher=inputs.teacher, eval_examples=inputs.periodic, stage="fill",
+    )  # fmt: skip
+    steps = trainer.train(resume=job.resume).steps
+    filled = evaluate_model(student, inputs.tokenizer, inputs.task, inputs.evaluation, label="filled")
+    return method.model_copy(update={"fill_steps": steps}), scores.model_copy(
+        update={"filled": filled, "result": "filled"}
+    )
+
+
+def _write_history(job: MovementJob, task: Task) -> None:
+    """The training history of both stages next to the checkpoint, and its plot."""
+    text = (job.work_directory / HISTORY_NAME).read_text()
+    (job.out / HISTORY_NAME).write_text(text)
+    history = [json.loads(line) for line in text.splitlines()]
+    plot_history(history, task.headline_metric, job.out / "training.png", title=f"movement pruning → {job.out.name}")
 
 
 def _prune_stage(

@@ -194,23 +194,33 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
 
     evaluation = Evaluation()
     if job.eval is not None:
-        eval_examples = task.load(job.eval, settings.eval_limit)
-        evaluation = Evaluation(
-            data=str(job.eval),
-            dense=evaluate_model(dense, tokenizer, task, eval_examples, label="dense"),
-            pruned=evaluate_model(compact, tokenizer, task, eval_examples, label="pruned"),
-            result="pruned",
-        )
-        seconds["evaluation"] = round(time.perf_counter() - now, 1)
+        evaluation = _evaluate(job, task, tokenizer, dense, compact)
+        lap("evaluation", now)
 
     method = _method_record(job, len(examples), len(features), verified, table, cached, tuning, seconds)
     manifest = save_compact(
         compact, result.plan, out_dir, source=str(model_dir), tokenizer=tokenizer, method=method, evaluation=evaluation
     )
-    (out_dir / "importance.json").write_text(json.dumps(importance.to_dict()))
-    (out_dir / "latency_model.json").write_text(table.model_dump_json(indent=1))
-    plot_posttrain(result, table, out_dir / "posttrain.png", title=f"{Path(model_dir).name} → {out_dir.name}")
+    _write_side_files(job, importance, table, result)
     return manifest
+
+
+def _evaluate(job: PosttrainJob, task, tokenizer, dense: PreTrainedModel, compact: PreTrainedModel) -> Evaluation:
+    """Dense and pruned scores on `job.eval`, the same examples for both."""
+    examples = task.load(job.eval, job.posttrain.eval_limit)
+    return Evaluation(
+        data=str(job.eval),
+        dense=evaluate_model(dense, tokenizer, task, examples, label="dense"),
+        pruned=evaluate_model(compact, tokenizer, task, examples, label="pruned"),
+        result="pruned",
+    )
+
+
+def _write_side_files(job: PosttrainJob, importance, table: LatencyTable, result: SearchResult) -> None:
+    """What the manifest summarises, in full: importance per unit, the latency table, and their plot."""
+    (job.out / "importance.json").write_text(json.dumps(importance.to_dict()))
+    (job.out / "latency_model.json").write_text(table.model_dump_json(indent=1))
+    plot_posttrain(result, table, job.out / "posttrain.png", title=f"{Path(job.model).name} → {job.out.name}")
 
 
 @dataclass
