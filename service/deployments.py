@@ -26,7 +26,7 @@ from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
 from service.qa_engine import EncodedQA, QAEngine, QAInput, onnx_forward, torch_forward
 from service.schemas import VariantInfo
-from service.summarize_engine import SummarizeEngine, SummaryInput
+from service.summarize_engine import EncodedSummary, SummarizeEngine, SummaryInput
 
 log = logging.getLogger(__name__)
 COLLECTOR_NAME = "blockserve-metrics"
@@ -218,12 +218,13 @@ class SummarizeServer(_ModelServer):
     def _warm_up(self) -> None:
         self.engine.summarize([SummaryInput("Pruned models are served side by side.", max_new_tokens=2)])
 
-    def prepare(self, payload: SummaryInput) -> tuple[SummaryInput, int]:
-        return payload, self.engine.count_tokens(payload)
+    def prepare(self, payload: SummaryInput) -> tuple[EncodedSummary, int]:
+        encoded = self.engine.encode(payload)
+        return encoded, encoded.tokens
 
     @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
     async def run_batch(self, items: list[_Queued]) -> list[Outcome]:
-        return await self._batch(items, self.engine.summarize)
+        return await self._batch(items, self.engine.summarize_encoded)
 
 
 @ray.remote(num_cpus=0)

@@ -24,6 +24,18 @@ class SummaryInput:
 
 
 @dataclass(frozen=True)
+class EncodedSummary:
+    """A request tokenized once: its limit is checked on these ids and the batch generates from them."""
+
+    item: SummaryInput
+    input_ids: tuple[int, ...]
+
+    @property
+    def tokens(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass(frozen=True)
 class Summary:
     text: str
     input_tokens: int
@@ -44,31 +56,40 @@ class SummarizeEngine:
         # The model cannot read past its position table, whatever the config allows.
         self.max_input_tokens = min(limits.max_input_tokens, model.config.max_position_embeddings)
 
-    def count_tokens(self, item: SummaryInput) -> int:
-        """Article tokens; raises `InputTooLong` over the limit and `SettingsTooHigh` past the config."""
+    def encode(self, item: SummaryInput) -> EncodedSummary:
+        """Tokenized once; `InputTooLong` over the limit and `SettingsTooHigh` past the config."""
         for name in ("max_new_tokens", "num_beams"):
             asked, allowed = getattr(item, name), getattr(self.generation, name)
             if asked is not None and asked > allowed:
                 raise SettingsTooHigh(f"{name} {asked} is above this service's limit of {allowed}")
-        tokens = len(self.tokenizer(item.text)["input_ids"])
-        if tokens > self.max_input_tokens:
-            raise InputTooLong("text", tokens, self.max_input_tokens)
-        return tokens
+        ids = tuple(self.tokenizer(item.text)["input_ids"])
+        if len(ids) > self.max_input_tokens:
+            raise InputTooLong("text", len(ids), self.max_input_tokens)
+        return EncodedSummary(item, ids)
 
     def _settings(self, item: SummaryInput) -> tuple[int, int]:
         return item.max_new_tokens or self.generation.max_new_tokens, item.num_beams or self.generation.num_beams
 
-    @torch.inference_mode()
     def summarize(self, items: list[SummaryInput]) -> list[Summary]:
-        results: list[Summary | None] = [None] * len(items)
+        """`summarize_encoded` of requests not encoded yet (limits checked here)."""
+        return self.summarize_encoded([self.encode(item) for item in items])
+
+    @torch.inference_mode()
+    def summarize_encoded(self, encoded: list[EncodedSummary]) -> list[Summary]:
+        results: list[Summary | None] = [None] * len(encoded)
         groups: dict[tuple[int, int], list[int]] = {}
-        for index, item in enumerate(items):
-            groups.setdefault(self._settings(item), []).append(index)
+        for index, request in enumerate(encoded):
+            groups.setdefault(self._settings(request.item), []).append(index)
+        pad = self.tokenizer.pad_token_id or 0
         for (max_new_tokens, num_beams), indices in groups.items():
-            inputs = self.tokenizer([items[i].text for i in indices], padding=True, return_tensors="pt")
+            longest = max(len(encoded[i].input_ids) for i in indices)
+            # Left as the tokenizer pads (its `padding_side`), on the ids counted against the limit.
+            rows = [self._padded(list(encoded[i].input_ids), longest, pad) for i in indices]
+            input_ids = torch.tensor([ids for ids, _ in rows], device=self.device)
+            attention_mask = torch.tensor([mask for _, mask in rows], device=self.device)
             output = self.model.generate(
-                input_ids=inputs["input_ids"].to(self.device),
-                attention_mask=inputs["attention_mask"].to(self.device),
+                input_ids=input_ids,
+                attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min(self.generation.min_new_tokens, max_new_tokens),
                 num_beams=num_beams,
@@ -80,7 +101,13 @@ class SummarizeEngine:
                 ids = output[row].tolist()
                 results[index] = Summary(
                     text=self.tokenizer.decode(ids, skip_special_tokens=True).strip(),
-                    input_tokens=int(inputs["attention_mask"][row].sum()),
+                    input_tokens=len(encoded[index].input_ids),
                     output_tokens=sum(1 for token in ids if token not in special),
                 )
         return results  # type: ignore[return-value]
+
+    def _padded(self, ids: list[int], length: int, pad: int) -> tuple[list[int], list[int]]:
+        padding = length - len(ids)
+        if self.tokenizer.padding_side == "left":
+            return [pad] * padding + ids, [0] * padding + [1] * len(ids)
+        return ids + [pad] * padding, [1] * len(ids) + [0] * padding

@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from safetensors import SafetensorError, safe_open
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from pruning.core.accounting import count_parameters, flops_ratio, removed_parameters
 from pruning.artifacts.compact import compact_model
 from pruning.artifacts.records import Evaluation, MethodRecord
+from pruning.core.accounting import count_parameters, flops_ratio, removed_parameters
 from pruning.core.errors import BlockserveError, CheckpointError, PlanError
 from pruning.core.plan import PruningPlan, describe_validation_error
 from pruning.core.structure import Workload, geometry_of, spec_for_config, task_of

@@ -5,12 +5,14 @@ import asyncio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import TypeAdapter
 
 from pruning.artifacts.checkpoint import compact_checkpoint, load_checkpoint
 from pruning.core.plan import PruningPlan
 from pruning.core.structure import geometry_of
 from service.config import LimitsConfig
 from service.qa_engine import QAEngine, QAInput, torch_forward
+from service.schemas import VariantInfo
 from tests.factories import _CORPUS
 
 pytestmark = pytest.mark.slow
@@ -83,6 +85,13 @@ def test_health_ready_and_models(served):
     assert by_name[("qa", "pruned")]["flops_ratio"] > 1 and by_name[("qa", "dense")]["flops_ratio"] is None
     assert by_name[("qa", "pruned")]["runtime"] == "onnx" and by_name[("qa", "dense")]["runtime"] == "torch"
     assert "/v1/qa" in httpx.get(f"{URL}/openapi.json").json()["paths"]
+    # The load test reads the same list with the service's own model, plans included.
+    infos = {(i.task, i.variant): i for i in TypeAdapter(list[VariantInfo]).validate_python(models)}
+    pruned, dense = infos[("qa", "pruned")], infos[("qa", "dense")]
+    assert pruned.plan is not None and pruned.plan_digest == pruned.plan.digest()
+    assert pruned.plan_summary == pruned.plan.summary() and pruned.plan_summary["encoder"].heads_kept > 0
+    assert dense.plan is None and dense.plan_digest is None and dense.source is None
+    assert pruned.dtype == dense.dtype == "float32"  # CPU, dtype auto
 
 
 def test_qa_answers_equal_the_direct_models_best_span(served, dense_bert_dir):

@@ -127,3 +127,17 @@ def test_the_checker_catches_upward_imports(module, source, expected):
         assert found == []
     else:
         assert found and all(expected in problem for problem in found), found
+
+
+def test_no_module_of_ours_is_ignored_by_git():
+    """An ignored module works here and is missing from every clone (it happened: `artifacts/` in .gitignore)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = [str(path.relative_to(ROOT)) for _, path in our_modules()]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split()
+    assert not ignored, f"git ignores: {ignored}"

@@ -26,12 +26,12 @@ def test_batched_summaries_equal_one_by_one_generation(engine):
 
 def test_requests_may_lower_but_not_raise_limits(engine):
     with pytest.raises(SettingsTooHigh, match="max_new_tokens 9 is above this service's limit of 8"):
-        engine.count_tokens(SummaryInput("text", max_new_tokens=9))
+        engine.encode(SummaryInput("text", max_new_tokens=9))
     with pytest.raises(SettingsTooHigh, match="num_beams 3"):
-        engine.count_tokens(SummaryInput("text", num_beams=3))
+        engine.encode(SummaryInput("text", num_beams=3))
     with pytest.raises(InputTooLong, match=r"text has \d+ tokens; the limit is 120"):
-        engine.count_tokens(SummaryInput(" ".join(_CORPUS * 4)))
-    assert engine.count_tokens(SummaryInput(_CORPUS[0], max_new_tokens=4, num_beams=1)) > 5
+        engine.encode(SummaryInput(" ".join(_CORPUS * 4)))
+    assert engine.encode(SummaryInput(_CORPUS[0], max_new_tokens=4, num_beams=1)).tokens > 5
 
 
 def test_limit_never_exceeds_the_models_positions(summarizer_dir):
@@ -40,4 +40,16 @@ def test_limit_never_exceeds_the_models_positions(summarizer_dir):
         checkpoint.model, checkpoint.tokenizer(), LimitsConfig(max_input_tokens=4096), GenerationConfig()
     )
     with pytest.raises(InputTooLong, match="the limit is 160"):
-        engine.count_tokens(SummaryInput(" ".join(_CORPUS * 2)))
+        engine.encode(SummaryInput(" ".join(_CORPUS * 2)))
+
+
+def test_each_request_is_tokenized_once(engine, monkeypatch):
+    encoded = [engine.encode(SummaryInput(_CORPUS[0])), engine.encode(SummaryInput(_CORPUS[2] + " " + _CORPUS[3]))]
+    expected = [s.text for s in engine.summarize_encoded(encoded)]
+    tokenizer = engine.tokenizer
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("tokenized again")
+
+    monkeypatch.setattr(type(tokenizer), "__call__", refuse)
+    assert [s.text for s in engine.summarize_encoded(encoded)] == expected  # batches run on the counted ids
