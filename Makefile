@@ -30,8 +30,10 @@ demo: $(STAMP)
 	$(BIN)/blockserve demo
 
 # The measurements quoted in BENCHMARKS.md (about 10 minutes on 2 CPU cores); results are committed.
+# `--dtype float32` here and in the targets below: the committed results were timed in float32, before
+# `auto` resolved to bfloat16 on CPUs with bf16 matrix units.
 BENCH_OUT := benchmarks
-BENCH := $(BIN)/blockserve bench --keep-heads 0.5 --keep-ffn 0.33
+BENCH := $(BIN)/blockserve bench --keep-heads 0.5 --keep-ffn 0.33 --dtype float32
 bench: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	$(BENCH) --arch bert-base-uncased --seq 384 --batch 1 --runtime torch onnx --repeats 20 \
@@ -73,7 +75,7 @@ movement-qa: $(STAMP)
 	$(BIN)/blockserve prune --teacher $(SHARED)/models/minilm-l6-squad --train $(SQUAD)/train.json \
 		--eval $(SQUAD)/dev.json --out $(QA_OUT) --block 32x32 --hybrid --target-density 0.3 --max-steps 300 \
 		--lr 8e-5 --fill-steps 100 --max-length 256 --stride 96 --eval-every 75 --log-every 10
-	$(BIN)/blockserve bench --model $(QA_OUT) --seq 256 --batch 1 --runtime torch onnx --repeats 20 \
+	$(BIN)/blockserve bench --model $(QA_OUT) --dtype float32 --seq 256 --batch 1 --runtime torch onnx --repeats 20 \
 		--json $(MOVEMENT)/minilm-bench.jsonl --plot $(MOVEMENT)/minilm-bench.png
 	cp $(QA_OUT)/blockserve.json $(MOVEMENT)/minilm-manifest.json
 	cp $(QA_OUT)/history.jsonl $(MOVEMENT)/minilm-history.jsonl
@@ -96,7 +98,7 @@ movement-bart: $(STAMP) $(BART)-dense/model.safetensors
 	$(BIN)/blockserve prune --teacher $(BART)-dense --train $(CNNDM)/cnndm_test.jsonl \
 		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --out $(BART)-pruned --block 32x32 --hybrid \
 		--target-density 0.3 --epochs 8 --batch-size 8 --lr 3e-4 --fill-epochs 2 $(BART_TASK)
-	$(BIN)/blockserve bench --model $(BART)-pruned --seq 256 --batch 1 --new-tokens 32 --repeats 10 \
+	$(BIN)/blockserve bench --model $(BART)-pruned --dtype float32 --seq 256 --batch 1 --new-tokens 32 --repeats 10 \
 		--json $(MOVEMENT)/bart-small-bench.jsonl --plot $(MOVEMENT)/bart-small-bench.png
 	cp $(BART)-pruned/blockserve.json $(MOVEMENT)/bart-small-manifest.json
 	cp $(BART)-pruned/history.jsonl $(MOVEMENT)/bart-small-history.jsonl
@@ -110,7 +112,7 @@ movement-bart: $(STAMP) $(BART)-dense/model.safetensors
 POSTTRAIN := benchmarks/posttrain
 PT_OUT := artifacts/posttrain
 MINILM := $(SHARED)/models/minilm-l6-squad
-PT_SHAPE := --seq 384 --batch 1 --repeats 20 --latency-cache $(PT_OUT)/latency-cache
+PT_SHAPE := --seq 384 --batch 1 --dtype float32 --repeats 20 --latency-cache $(PT_OUT)/latency-cache
 posttrain-qa: $(STAMP)
 	mkdir -p $(POSTTRAIN) $(PT_OUT)
 	$(BIN)/blockserve latency --model $(MINILM) $(PT_SHAPE) --refresh --check 5 --json $(POSTTRAIN)/latency-model.json
@@ -118,7 +120,7 @@ posttrain-qa: $(STAMP)
 		name=minilm-$$importance-$$speedup; \
 		$(BIN)/blockserve prune --method posttrain --model $(MINILM) --calib $(SQUAD)/train.json \
 			--eval $(SQUAD)/dev.json --speedup $$speedup --importance $$importance $(PT_SHAPE) --out $(PT_OUT)/$$name; \
-		$(BIN)/blockserve bench --model $(PT_OUT)/$$name --seq 384 --batch 1 --repeats 30 \
+		$(BIN)/blockserve bench --model $(PT_OUT)/$$name --dtype float32 --seq 384 --batch 1 --repeats 30 \
 			--json $(POSTTRAIN)/$$name-bench.jsonl; \
 		cp $(PT_OUT)/$$name/blockserve.json $(POSTTRAIN)/$$name-manifest.json; \
 		cp $(PT_OUT)/$$name/posttrain.png $(POSTTRAIN)/$$name.png; \
@@ -134,10 +136,10 @@ posttrain-qa: $(STAMP)
 posttrain-bart: $(STAMP) $(BART)-dense/model.safetensors
 	mkdir -p $(POSTTRAIN) $(PT_OUT)
 	$(BIN)/blockserve prune --method posttrain --model $(BART)-dense --calib $(CNNDM)/cnndm_test.jsonl \
-		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --speedup 1.5 --seq 256 --new-tokens 32 --batch 1 \
+		--eval $(CNNDM)/cnndm_sample.jsonl --eval-limit 40 --speedup 1.5 --seq 256 --new-tokens 32 --batch 1 --dtype float32 \
 		--repeats 10 --calib-samples 250 --latency-cache $(PT_OUT)/latency-cache $(BART_TASK) \
 		--out $(PT_OUT)/bart-small-fisher-1.5
-	$(BIN)/blockserve bench --model $(PT_OUT)/bart-small-fisher-1.5 --seq 256 --batch 1 --new-tokens 32 \
+	$(BIN)/blockserve bench --model $(PT_OUT)/bart-small-fisher-1.5 --dtype float32 --seq 256 --batch 1 --new-tokens 32 \
 		--repeats 10 --json $(POSTTRAIN)/bart-small-fisher-1.5-bench.jsonl
 	cp $(PT_OUT)/bart-small-fisher-1.5/blockserve.json $(POSTTRAIN)/bart-small-fisher-1.5-manifest.json
 	cp $(PT_OUT)/bart-small-fisher-1.5/posttrain.png $(POSTTRAIN)/bart-small-fisher-1.5.png

@@ -262,6 +262,7 @@ def run_latency(job: LatencyJob) -> None:
     from pruning.core.errors import BlockserveError
     from pruning.core.structure import geometry_of
     from pruning.methods.posttrain.latency_model import LatencySettings, check_predictions, latency_table, random_plans
+    from pruning.runtime.numerics import in_dtype
     from pruning.zoo.presets import build_preset
 
     if job.arch:
@@ -272,14 +273,13 @@ def run_latency(job: LatencyJob) -> None:
             raise BlockserveError(f"{job.model} is compact; the latency model is measured on the dense model")
         dense = checkpoint.model
     timing = job.timing
+    dense = in_dtype(dense, timing.torch_dtype())  # timed in the numerics that will serve
     shape = timing.shape(dense)
-    settings = LatencySettings(
-        shape=shape, runtime=timing.runtime, device=timing.device, repeats=timing.repeats, threads=timing.threads
-    )
+    settings = LatencySettings.for_timing(shape, timing)
     table, cached = latency_table(dense, settings, job.latency_cache, refresh=job.refresh)
     print(
         f"latency model ({'cached' if cached else f'measured in {table.seconds:.0f} s'}): dense {table.dense_ms:.1f} ms "
-        f"at {shape.describe()}, {table.key.runtime} on {table.key.device}, {table.key.threads} threads"
+        f"at {shape.describe()}, {table.key.runtime} {table.key.dtype} on {table.key.device}, {table.key.threads} threads"
     )
     for name, curve in table.curves.items():
         half = curve.at(curve.counts[-1] / 2)

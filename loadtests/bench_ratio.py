@@ -46,7 +46,7 @@ def bench_variant(
         return BenchSkipped(variant=name, reason="not a compact checkpoint: no plan to bench")
     command = (
         f"blockserve bench --model {variant.checkpoint} --seq {payloads.tokens} --batch 1 "
-        f"--runtime {variant.runtime} --threads {variant.threads} --repeats {repeats}"
+        f"--runtime {variant.runtime} --dtype {variant.dtype} --threads {variant.threads} --repeats {repeats}"
         + (f" --new-tokens {payloads.new_tokens or 32}" if route_entry(payloads.task).generates else "")
     )
     if not Path(baseline.checkpoint).is_dir():
@@ -68,6 +68,7 @@ def bench_variant(
         new_tokens=payloads.new_tokens or 32,
         threads=variant.threads,
         device=variant.device,
+        dtype=variant.dtype,  # the numerics the replica serves in
     )
     log.info("bench: %s vs plan %s of %s at %d tokens, %d threads", baseline.checkpoint, variant.plan_digest,
              variant.checkpoint, payloads.tokens, variant.threads)  # fmt: skip

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pruning.core.task_registry import ROUTES
+from pruning.runtime.numerics import DType
 
 
 class Strict(BaseModel):
@@ -93,8 +94,8 @@ class VariantConfig(Strict):
     checkpoint: str = Field(description="dense or compact checkpoint directory, or hub id")
     runtime: Literal["torch", "onnx"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="auto: float16 on CUDA, float32 on CPU"
+    dtype: DType = Field(
+        "auto", description="auto: float16 on CUDA, bfloat16 on CPUs with AMX/avx512_bf16, float32 on others"
     )
     replicas: int = Field(1, ge=1, description="fixed replica count; leave unset with `autoscaling`")
     autoscaling: AutoscalingConfig | None = None

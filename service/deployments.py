@@ -21,6 +21,7 @@ import ray
 from ray import serve
 
 from pruning.artifacts.checkpoint import load_checkpoint
+from pruning.runtime.numerics import resolve_dtype
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
@@ -64,14 +65,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def resolve_dtype(dtype: str, device: str):
-    import torch
-
-    if dtype == "auto":
-        return torch.float16 if device == "cuda" else torch.float32
-    return getattr(torch, dtype)
 
 
 class _ModelServer:

@@ -27,6 +27,7 @@ class Scores(Record):
     n: int = Field(description="examples scored")
     seconds: float
     data: str | None = None
+    dtype: str | None = None  # the numerics scored in (None: the model's own, float32 for our checkpoints)
     exact_match: float | None = None  # question answering
     f1: float | None = None
     rouge1: float | None = None  # summarization
@@ -107,6 +108,7 @@ class Budget(Record):
     runtime: str
     device: str
     threads: int
+    dtype: str = Field("float32", description="the numerics the budget was timed in (older manifests: float32)")
 
 
 class LatencyModelUse(Record):

@@ -30,6 +30,7 @@ from pruning.core.options import Device, Flag
 from pruning.core.plan import PruningPlan
 from pruning.core.structure import Workload, geometry_of, task_of
 from pruning.core.task_registry import onnx_tasks, task_entry
+from pruning.runtime.numerics import DType, dtype_name, in_dtype, resolve_dtype
 from pruning.runtime.runners import Shape, make_runner, random_inputs
 from pruning.runtime.timing import time_interleaved
 
@@ -57,6 +58,11 @@ class BenchRow(BaseModel):
     repeats: int
     threads: int
     device: str
+    dtype: str = "float32"  # the numerics timed (ONNX Runtime: the fp32 export)
+    # The baseline a user has without blockserve: the dense model in float32, torch eager, timed in the
+    # same interleaved run (= dense_ms for a float32 torch row). Older rows: None.
+    reference_ms: float | None = None
+    speedup_vs_reference: float | None = None  # reference_ms / compact_ms
 
 
 class BenchSettings(BaseModel):
@@ -74,6 +80,9 @@ class BenchSettings(BaseModel):
     new_tokens: int = Field(32, ge=1, le=4096, description="BART: tokens generated per call")
     threads: int | None = Field(None, ge=1, le=1024, description="intra-op threads (default: torch's)")
     device: Device = "cpu"
+    dtype: DType = Field(
+        "auto", description="torch numerics (auto: bfloat16 on CPUs with AMX/avx512_bf16, float16 on CUDA)"
+    )
 
     @field_validator("batches", "seqs")
     @classmethod
@@ -96,33 +105,33 @@ class _Case:
     flops_ratio: float | None
     dense: Callable[[], object]
     compact: Callable[[], object]
+    # Dense, float32, torch eager on the same inputs: what a user runs without blockserve. None when
+    # `dense` already is that (a float32 torch case).
+    reference: Callable[[], object] | None = None
 
 
-def _forward_cases(dense, compact, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
+def _forward_cases(dense, compact, reference, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
     """An encoder task: the forward pass, in torch and (when exported) ONNX Runtime."""
     task = task_of(dense)
     ratio = flops_ratio(dense.config, plan, Workload(seq), task)
     shape = Shape(batch, seq)
     inputs = random_inputs(dense, shape, settings.device, seed)
+    reference_run = make_runner(reference, task, inputs, shape)
     if "torch" in settings.runtimes:
         runners = [make_runner(model, task, inputs, shape) for model in (dense, compact)]
-        yield _Case("forward", "torch", batch, seq, 0, ratio, *runners)
+        yield _Case(
+            "forward", "torch", batch, seq, 0, ratio, *runners, reference_run if reference is not dense else None
+        )
     if "onnx" in settings.runtimes:
         feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS}
         dense_session, compact_session = sessions
         yield _Case(
-            "forward",
-            "onnx",
-            batch,
-            seq,
-            0,
-            ratio,
-            lambda: dense_session.run(None, feeds),
-            lambda: compact_session.run(None, feeds),
-        )
+            "forward", "onnx", batch, seq, 0, ratio,
+            lambda: dense_session.run(None, feeds), lambda: compact_session.run(None, feeds), reference_run,
+        )  # fmt: skip
 
 
-def _generate_cases(dense, compact, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
+def _generate_cases(dense, compact, reference, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
     """An encoder-decoder task: the encoder forward, and `generate()` of exactly `new_tokens`."""
     task = task_of(dense)
     full = PruningPlan.full(geometry_of(dense.config))
@@ -131,20 +140,19 @@ def _generate_cases(dense, compact, plan, settings, batch, seq, sessions, seed) 
     input_ids, attention_mask = inputs["input_ids"], inputs["attention_mask"]
     compact_encoder = encoder_flops(dense.config, plan, seq)
     encoder_ratio = encoder_flops(dense.config, full, seq) / compact_encoder if compact_encoder else None
+
+    def encoder(model):
+        return lambda: model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+
+    separate = reference is not dense  # no reference of its own when the dense model is the fp32 one
     yield _Case(
-        "encoder",
-        "torch",
-        batch,
-        seq,
-        0,
-        encoder_ratio,
-        lambda: dense.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
-        lambda: compact.get_encoder()(input_ids=input_ids, attention_mask=attention_mask),
-    )
+        "encoder", "torch", batch, seq, 0, encoder_ratio, encoder(dense), encoder(compact),
+        encoder(reference) if separate else None,
+    )  # fmt: skip
     n = settings.new_tokens
     generate_ratio = flops_ratio(dense.config, plan, Workload(seq, new_tokens=n), task)
-    runners = [make_runner(model, task, inputs, shape) for model in (dense, compact)]
-    yield _Case("generate", "torch", batch, seq, n, generate_ratio, *runners)
+    runners = [make_runner(model, task, inputs, shape) for model in (dense, compact, reference)]
+    yield _Case("generate", "torch", batch, seq, n, generate_ratio, *runners[:2], runners[2] if separate else None)
 
 
 _CASES = {"forward": _forward_cases, "generate": _generate_cases}  # by `TaskEntry.timed_unit`
@@ -156,7 +164,9 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
     threads = settings.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     task = task_of(dense)
-    dense = dense.to(settings.device).eval()
+    dtype = resolve_dtype(settings.dtype, settings.device)
+    reference = in_dtype(dense, torch.float32).to(settings.device).eval()  # what a user runs without us
+    dense = in_dtype(reference, dtype).eval()
     compact = compact_model(copy.deepcopy(dense), plan).eval()
     params_dense, params_compact = count_parameters(dense), count_parameters(compact)
     log.info("%s: %d → %d parameters; plan %s", arch, params_dense, params_compact, plan.summary().describe())
@@ -173,7 +183,7 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
                 # Thread count only when asked for: ORT pins its own pool to cores only by default.
                 # No spinning: dense and compact sessions (and torch) alternate on the same cores.
                 onnx_session(
-                    export_qa_onnx(model, Path(scratch) / f"{name}.onnx"),
+                    export_qa_onnx(in_dtype(model, torch.float32), Path(scratch) / f"{name}.onnx"),
                     settings.device,
                     settings.threads,
                     spinning=False,
@@ -183,22 +193,30 @@ def benchmark(dense: PreTrainedModel, plan: PruningPlan, arch: str, settings: Be
         grid = [(batch, seq) for batch in settings.batches for seq in settings.seqs]
         with torch.inference_mode():
             for seed, (batch, seq) in enumerate(tqdm(grid, desc=f"bench {arch}", unit="shape")):
-                cases = _CASES[entry.timed_unit](dense, compact, plan, settings, batch, seq, sessions, seed)
-                rows += [_time(case, arch, task, settings, params_dense, params_compact, threads) for case in cases]
+                cases = _CASES[entry.timed_unit](dense, compact, reference, plan, settings, batch, seq, sessions, seed)
+                rows += [
+                    _time(case, arch, task, settings, params_dense, params_compact, threads, dtype) for case in cases
+                ]
     return rows
 
 
 def _time(case: _Case, arch: str, task: str, settings: BenchSettings, params_dense: int, params_compact: int,
-          threads: int) -> BenchRow:  # fmt: skip
+          threads: int, dtype: torch.dtype) -> BenchRow:  # fmt: skip
     """Dense and compact of one case, interleaved on the same inputs after warm-up: one row of medians."""
-    timings = time_interleaved({"dense": case.dense, "compact": case.compact}, settings.warmup, settings.repeats)
+    candidates = {"dense": case.dense, "compact": case.compact}
+    if case.reference is not None:
+        candidates["reference"] = case.reference
+    timings = time_interleaved(candidates, settings.warmup, settings.repeats, settings.device)
     dense, compact = timings["dense"], timings["compact"]
+    reference_ms = timings["reference"].median_ms if "reference" in timings else dense.median_ms
     row = BenchRow(
         arch=arch, task=task, runtime=case.runtime, unit=case.unit, batch=case.batch, seq=case.seq,
         new_tokens=case.new_tokens, dense_ms=dense.median_ms, compact_ms=compact.median_ms,
         speedup=dense.median_ms / compact.median_ms, flops_ratio=case.flops_ratio, params_dense=params_dense,
         params_compact=params_compact, dense_iqr_ms=dense.spread_ms, compact_iqr_ms=compact.spread_ms,
         repeats=settings.repeats, threads=threads, device=settings.device,
+        dtype="float32" if case.runtime == "onnx" else dtype_name(dtype),
+        reference_ms=reference_ms, speedup_vs_reference=reference_ms / compact.median_ms,
     )  # fmt: skip
     log.info("%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %s)", arch, row.runtime,
              row.unit, row.batch, row.seq, row.dense_ms, row.compact_ms, row.speedup, _number(row.flops_ratio))  # fmt: skip
@@ -206,13 +224,14 @@ def _time(case: _Case, arch: str, task: str, settings: BenchSettings, params_den
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    header = f"{'arch':<20} {'runtime':<7} {'unit':<8} {'batch':>5} {'seq':>5} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13}"
+    header = f"{'arch':<20} {'runtime':<7} {'dtype':<8} {'unit':<8} {'batch':>5} {'seq':>5} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'vs fp32 dense':>13}"
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row.arch:<20} {row.runtime:<7} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
+            f"{row.arch:<20} {row.runtime:<7} {row.dtype:<8} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
             f"{row.compact_ms:>11.1f} {row.speedup:>8.2f} {_number(row.flops_ratio):>11} "
-            f"{_number(row.speedup / row.flops_ratio if row.flops_ratio else None):>13}"
+            f"{_number(row.speedup / row.flops_ratio if row.flops_ratio else None):>13} "
+            f"{_number(row.speedup_vs_reference):>13}"
         )
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ from pruning.core.errors import UnsupportedModelError
 from pruning.core.options import Device
 from pruning.core.structure import task_of
 from pruning.core.task_registry import onnx_tasks, task_entry
+from pruning.runtime.numerics import DType, in_dtype, resolve_dtype
 
 RUNTIMES = ("torch", "onnx")
 
@@ -50,8 +51,21 @@ class TimingOptions(BaseModel):
     new_tokens: int = Field(32, ge=1, le=4096, description="summarization: generated tokens per request")
     runtime: Literal["torch", "onnx"] = Field("torch", description="runtime the latency is for")
     device: Device = "cpu"
+    dtype: DType = Field(
+        "auto", description="numerics timed (auto: bfloat16 on CPUs with AMX/avx512_bf16, float16 on CUDA)"
+    )
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (default: torch's)")
     repeats: int = Field(10, ge=1, le=10**5, description="timed repeats per latency measurement")
+    max_noise: float = Field(
+        0.10,
+        gt=0.0,
+        le=100.0,
+        description="latency model: re-measure (never cache) when the dense reference moved more",
+    )
+
+    def torch_dtype(self) -> torch.dtype:
+        """The resolved dtype of the torch model timed (ONNX Runtime runs the fp32 export)."""
+        return torch.float32 if self.runtime == "onnx" else resolve_dtype(self.dtype, self.device)
 
     def shape(self, model: PreTrainedModel) -> Shape:
         return request_shape(model, self.batch, self.seq, self.new_tokens)
@@ -96,7 +110,8 @@ def make_runner(
         if scratch is None:
             raise ValueError("the ONNX runtime needs a scratch directory for the exported graph")
         # No spinning: candidates (and torch) alternate on the same cores while being timed.
-        session = onnx_session(export_qa_onnx(model, Path(scratch) / f"{name}.onnx"), device, threads, spinning=False)
+        graph = export_qa_onnx(in_dtype(model, torch.float32), Path(scratch) / f"{name}.onnx")  # ORT runs fp32
+        session = onnx_session(graph, device, threads, spinning=False)
         feeds = {key: inputs[key].cpu().numpy().astype(np.int64) for key in QA_INPUTS if key in inputs}
         return lambda: session.run(None, feeds)
     if runtime != "torch":

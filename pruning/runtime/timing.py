@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pruning.runtime.numerics import synchronizer
+
 
 @dataclass(frozen=True)
 class Timing:
@@ -29,8 +31,15 @@ class Timing:
         return quartiles[2] - quartiles[0]
 
 
-def time_interleaved(candidates: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, Timing]:
-    """Run each candidate `warmup` times, then `repeats` times in alternation; wall-clock per call."""
+def time_interleaved(
+    candidates: dict[str, Callable[[], object]], warmup: int, repeats: int, device: str = "cpu"
+) -> dict[str, Timing]:
+    """Run each candidate `warmup` times, then `repeats` times in alternation; wall-clock per call.
+
+    On CUDA the clock starts and stops only after the device has finished its queued work (a kernel
+    launch returns at once: without the synchronisation, timings would measure launches).
+    """
+    sync = synchronizer(device)
     if repeats < 1:
         raise ValueError("repeats must be at least 1")
     for _ in range(warmup):
@@ -39,7 +48,9 @@ def time_interleaved(candidates: dict[str, Callable[[], object]], warmup: int, r
     samples: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, run in candidates.items():
+            sync()
             start = time.perf_counter()
             run()
+            sync()
             samples[name].append((time.perf_counter() - start) * 1000.0)
     return {name: Timing(tuple(values)) for name, values in samples.items()}

@@ -16,6 +16,7 @@ from pruning.artifacts.records import Scores
 from pruning.core.errors import CheckpointError
 from pruning.core.options import Device, ExistingFile, Flag, ModelReference
 from pruning.core.structure import task_of
+from pruning.runtime.numerics import DType, dtype_name, resolve_dtype
 from pruning.tasks import Task, make_task
 from pruning.tasks.options import TaskOptions
 
@@ -73,12 +74,14 @@ class EvaluateJob(BaseModel):
         None, description="write predictions to PATH (QA: SQuAD {id: answer} JSON; summarization: JSONL)"
     )
     device: Device = "cpu"
+    # float32 by default: the reference answers; `auto` scores what the service would serve here.
+    dtype: DType = Field("float32", description="numerics to score in (auto: the device's fastest)")
     task_options: TaskOptions = TaskOptions()
 
 
 def evaluate_checkpoint(job: EvaluateJob) -> Scores:
     """Load the model, read the data in its task's format, and score it; the result also names the data file."""
-    checkpoint = load_checkpoint(job.model, device=job.device)
+    checkpoint = load_checkpoint(job.model, device=job.device, dtype=resolve_dtype(job.dtype, job.device))
     task = make_task(task_of(checkpoint.model), **job.task_options.given())
     examples = task.load(job.data, job.limit)
     log.info("evaluating %s on %d examples of %s", job.model, len(examples), job.data)
@@ -90,4 +93,6 @@ def evaluate_checkpoint(job: EvaluateJob) -> Scores:
         label=str(job.model),
         predictions_path=job.predictions,
     )
-    return result.model_copy(update={"data": str(job.data)})
+    return result.model_copy(
+        update={"data": str(job.data), "dtype": dtype_name(next(checkpoint.model.parameters()).dtype)}
+    )

@@ -10,6 +10,7 @@ from pydantic import TypeAdapter
 from pruning.artifacts.checkpoint import compact_checkpoint, load_checkpoint
 from pruning.core.plan import PruningPlan
 from pruning.core.structure import geometry_of
+from pruning.runtime.numerics import dtype_name, resolve_dtype
 from service.config import LimitsConfig
 from service.qa_engine import QAEngine, QAInput, torch_forward
 from service.schemas import VariantInfo
@@ -91,11 +92,12 @@ def test_health_ready_and_models(served):
     assert pruned.plan is not None and pruned.plan_digest == pruned.plan.digest()
     assert pruned.plan_summary == pruned.plan.summary() and pruned.plan_summary["encoder"].heads_kept > 0
     assert dense.plan is None and dense.plan_digest is None and dense.source is None
-    assert pruned.dtype == dense.dtype == "float32"  # CPU, dtype auto
+    # dtype auto: bfloat16 where the CPU has bf16 matrix units, else float32; ONNX Runtime runs the fp32 export.
+    assert dense.dtype == dtype_name(resolve_dtype("auto", "cpu")) and pruned.dtype == "float32"
 
 
 def test_qa_answers_equal_the_direct_models_best_span(served, dense_bert_dir):
-    checkpoint = load_checkpoint(dense_bert_dir)
+    checkpoint = load_checkpoint(dense_bert_dir, dtype=resolve_dtype("auto", "cpu"))  # the served numerics
     limits = LimitsConfig.model_validate(served["qa"]["limits"])
     engine = QAEngine(torch_forward(checkpoint.model), checkpoint.tokenizer(), limits, 128)
     for context in (_CORPUS[1], LONG_CONTEXT):

@@ -1,4 +1,4 @@
-"""Imports point down: core ← artifacts ← tasks ← runtime ← zoo ← methods ← service ← loadtests ← blockserve.
+"""Imports point down: core ← artifacts ← runtime ← tasks ← zoo ← methods ← service ← loadtests ← blockserve.
 
 Every import counts, the ones inside functions too (a lazy import is still a dependency). Besides the
 order: the service and the load tests never import a pruning method (the service must not know how a
@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 LAYERS = (
     "pruning.core",
     "pruning.artifacts",
-    "pruning.tasks",
     "pruning.runtime",
+    "pruning.tasks",
     "pruning.zoo",
     "pruning.methods",
     "service",

@@ -32,12 +32,16 @@ from pruning.methods.posttrain.latency_model import (
 from pruning.methods.posttrain.pipeline import PosttrainJob, PosttrainSettings, prune_posttrain
 from pruning.methods.posttrain.search import search_plan
 from pruning.methods.posttrain.tuning import _accumulate, solve_scales, tune_masks
+from pruning.runtime.numerics import dtype_name, resolve_dtype
 from pruning.runtime.runners import Shape, TimingOptions
 from pruning.tasks import make_task
 from pruning.tasks.options import TaskOptions
 from tests.factories import tiny_bart, tiny_bert
 
 QA_SETTINGS = {"max_length": 48, "stride": 16}
+# Tiny models run in well under a millisecond, so their probes are noisy by nature: these tests turn
+# the re-measure rule off (a noise of 100 = 10 000 %); the rule itself is tested on its own below.
+TINY_NOISE = 100.0
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +206,7 @@ def test_latency_table_predicts_from_curves_and_round_trips_through_the_cache(wo
 
 def test_measured_latency_table_is_monotone_exact_at_dense_and_cached(wordpiece_tokenizer, tmp_path):
     model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
-    settings = LatencySettings(shape=Shape(1, 32), repeats=2, warmup=1, ffn_points=5)
+    settings = LatencySettings(shape=Shape(1, 32), repeats=2, warmup=1, ffn_points=5, max_noise=TINY_NOISE)
     table, cached = latency_table(model, settings, tmp_path)
     assert not cached and set(table.curves) == {"encoder.self_attn", "encoder.ffn"}
     assert table.curves["encoder.ffn"].counts == [0, 16, 32, 48, 64]
@@ -343,9 +347,11 @@ def _reachable_speedup(model_dir, shape: Shape, cache) -> float:
     Tiny models are dominated by fixed per-call costs, so a fixed speedup like 1.1 may be out of
     reach on a given run; measuring the table first (the run below reuses it) keeps the test stable.
     """
-    model = load_checkpoint(model_dir).model
+    model = load_checkpoint(model_dir, dtype=resolve_dtype("auto", "cpu")).model  # the numerics the run times
     for _ in range(5):  # a millisecond-sized model: re-measure the rare table that noise made useless
-        table, _ = latency_table(model, LatencySettings(shape=shape, repeats=3), cache, refresh=True)
+        table, _ = latency_table(
+            model, LatencySettings(shape=shape, repeats=3, max_noise=TINY_NOISE), cache, refresh=True
+        )
         try:
             floor = search_plan(geometry_of(model.config), random_importance(model), table, table.dense_ms).floor_ms
         except PlanError:
@@ -362,7 +368,7 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     argv = ["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--calib", str(squad_file),
             "--eval", str(squad_file), "--speedup", f"{speedup:.6f}", "--seq", "128", "--repeats", "3", "--calib-samples", "8",
             "--tune-samples", "4", "--latency-cache", str(tmp_path / "cache"), "--max-length", "48",
-            "--stride", "16", "--out", str(out)]  # fmt: skip
+            "--stride", "16", "--max-noise", str(TINY_NOISE), "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "measured speedup" in printed and "predicted" in printed
@@ -370,6 +376,8 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     method = manifest["method"]
     assert method["name"] == "posttrain" and method["importance"] == "fisher"
     assert method["budget"]["speedup"] == pytest.approx(speedup, abs=1e-5) and method["budget"]["seq"] == 128
+    # Timed in the numerics that serve by default here (dtype auto), and recorded as such.
+    assert method["budget"]["dtype"] == dtype_name(resolve_dtype("auto", "cpu"))
     assert method["predicted"]["compact_ms"] <= method["predicted"]["search_budget_ms"] + 1e-6
     attempts = method["measured"]["attempts"]
     assert 1 <= len(attempts) <= 3 and attempts[0]["search_budget_ms"] == method["budget"]["latency_ms"]
@@ -402,9 +410,26 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
 )
 def test_posttrain_cli_rejects_bad_budgets(dense_bert_dir, squad_file, tmp_path, capsys, extra, message):
     save_cached(tmp_path, _synthetic_table(load_checkpoint(dense_bert_dir).model))  # no timing noise here
-    argv = ["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--calib", str(squad_file),
-            "--calib-samples", "4", "--importance", "random", "--latency-cache", str(tmp_path), "--out",
-            str(tmp_path / "out"), *extra]  # fmt: skip
+    argv = [
+        "prune",
+        "--method",
+        "posttrain",
+        "--model",
+        str(dense_bert_dir),
+        "--calib",
+        str(squad_file),
+        "--calib-samples",
+        "4",
+        "--importance",
+        "random",
+        "--latency-cache",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        "--dtype",
+        "float32",
+        *extra,
+    ]  # fmt: skip  (the cached table is fp32's)
     assert main(argv) == 2
     assert message in capsys.readouterr().err
 
@@ -423,7 +448,8 @@ def test_prune_cli_names_the_missing_inputs_of_each_method(dense_bert_dir, squad
 def test_posttrain_bart_prunes_encoder_and_decoder_to_a_generate_budget(summarizer_dir, summaries_file, tmp_path):
     speedup = _reachable_speedup(summarizer_dir, Shape(1, 64, 4), tmp_path)
     settings = PosttrainSettings(
-        speedup=speedup, timing=TimingOptions(seq=64, new_tokens=4, repeats=3), calib_samples=4, tune_samples=2,
+        speedup=speedup, timing=TimingOptions(seq=64, new_tokens=4, repeats=3, max_noise=TINY_NOISE),
+        calib_samples=4, tune_samples=2,
         task_options=TaskOptions(max_source_tokens=48, max_target_tokens=16, num_beams=1),
     )  # fmt: skip
     job = PosttrainJob(
@@ -478,7 +504,9 @@ def test_residual_sum_module_receives_residual_plus_the_projection_output(archit
 
 def test_latency_model_for_the_onnx_runtime_is_keyed_apart_from_torch(wordpiece_tokenizer, tmp_path):
     model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
-    settings = LatencySettings(shape=Shape(1, 32), runtime="onnx", repeats=2, warmup=1, head_points=3, ffn_points=3)
+    settings = LatencySettings(
+        shape=Shape(1, 32), runtime="onnx", repeats=2, warmup=1, head_points=3, ffn_points=3, max_noise=TINY_NOISE
+    )
     table, cached = latency_table(model, settings, tmp_path)
     assert not cached and table.key.runtime == "onnx" and table.key.onnxruntime
     assert table.curves["encoder.self_attn"].counts == [0, 2, 4] and table.curves["encoder.ffn"].counts == [0, 32, 64]
@@ -504,3 +532,31 @@ def test_a_measured_miss_corrects_the_search_budget(wordpiece_tokenizer, monkeyp
     first_predicted = 100.0 / attempts[0].predicted_speedup
     assert attempts[1].search_budget_ms == pytest.approx(budget * first_predicted / 98.0, rel=1e-3)
     assert attempts[1].search_budget_ms < budget and result.predicted_ms <= attempts[1].search_budget_ms
+
+
+def test_a_noisy_latency_table_is_measured_again_and_never_cached(wordpiece_tokenizer, tmp_path, monkeypatch):
+    import pruning.methods.posttrain.latency_model as latency_model
+
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    quiet = _synthetic_table(model)
+    noises = iter([0.30, 0.25, 0.20])
+    monkeypatch.setattr(latency_model, "measure_table", lambda *a: quiet.model_copy(update={"noise": next(noises)}))
+    settings = LatencySettings(shape=Shape(1, 16), max_noise=0.10, attempts=3)
+    table, cached = latency_table(model, settings, tmp_path)
+    assert not cached and table.noise == 0.20  # the quietest of the three attempts ...
+    assert list(tmp_path.iterdir()) == []  # ... and nothing was cached
+    noises = iter([0.30, 0.05])
+    table, cached = latency_table(model, settings, tmp_path)
+    assert table.noise == 0.05 and load_cached(tmp_path, table.key) == table  # a quiet re-measurement is kept
+
+
+def test_noise_is_the_dense_references_spread_or_drift():
+    from pruning.methods.posttrain.latency_model import noise_of
+    from pruning.runtime.timing import Timing
+
+    steady = [Timing((10.0, 10.1, 10.0, 10.1, 10.0)), Timing((10.0, 10.1, 10.0, 10.1, 10.0))]
+    assert noise_of(steady) < 0.02
+    drifting = [Timing((10.0,) * 5), Timing((12.0,) * 5)]  # the machine slowed down between chunks
+    assert noise_of(drifting) == pytest.approx(2.0 / 11.0)
+    jittery = [Timing((8.0, 10.0, 12.0, 14.0, 10.0))]
+    assert noise_of(jittery) > 0.3

@@ -42,8 +42,8 @@ from pruning.core.errors import PlanError
 from pruning.core.plan import LayerPlan, PruningPlan, StackPlan
 from pruning.core.structure import Geometry, geometry_of, task_of
 from pruning.core.units import FFN
-from pruning.runtime.runners import Shape, make_runner, random_inputs
-from pruning.runtime.timing import time_interleaved
+from pruning.runtime.runners import Shape, TimingOptions, make_runner, random_inputs
+from pruning.runtime.timing import Timing, time_interleaved
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,9 @@ class LatencyTable(BaseModel):
     curves: dict[str, Curve]  # "stack.block" → per-layer curve
     repeats: int
     seconds: float  # wall time spent measuring
+    # How much the dense reference moved while the probes ran: the largest of its per-chunk relative
+    # inter-quartile ranges and its drift between chunks (older cached tables: unknown, 0).
+    noise: float = 0.0
 
     def curve(self, stack: str, block: str) -> Curve:
         return self.curves[f"{stack}.{block}"]
@@ -129,6 +132,16 @@ class LatencySettings:
     knots: int = 5  # breakpoints of each fitted curve (see `fit_curve`)
     chunk: int = 6  # probes timed together with the dense model (bounds memory)
     threads: int | None = None
+    max_noise: float = 0.10  # a table whose dense reference moved more than this is measured again ...
+    attempts: int = 3  # ... at most this many times, and never cached
+
+    @classmethod
+    def for_timing(cls, shape: Shape, timing: TimingOptions) -> LatencySettings:
+        """The settings of the user's timing options (the grid and fit keep their defaults)."""
+        return cls(
+            shape=shape, runtime=timing.runtime, device=timing.device, repeats=timing.repeats,
+            threads=timing.threads, max_noise=timing.max_noise,
+        )  # fmt: skip
 
 
 # ---- keys and cache ----------------------------------------------------------------------------
@@ -267,12 +280,12 @@ def _time_plans(
     settings: LatencySettings,
     scratch: Path,
     progress: tqdm | None = None,
-) -> tuple[dict[str, float], list[float]]:
+) -> tuple[dict[str, float], list[Timing]]:
     """Each plan's compact model timed interleaved with the dense model, chunk by chunk.
 
-    Returns (plan name → its median / the dense median of its own chunk, the dense medians). Ratios
-    rather than differences: when the machine's speed drifts between chunks (frequency, neighbours),
-    both sides of a ratio scale together.
+    Returns (plan name → its median / the dense median of its own chunk, the dense timings of every
+    chunk). Ratios rather than differences: when the machine's speed drifts between chunks
+    (frequency, neighbours), both sides of a ratio scale together.
     """
     task = task_of(dense)
     inputs = random_inputs(dense, settings.shape, settings.device)
@@ -292,7 +305,7 @@ def _time_plans(
 
     dense_run = runner(dense, "dense")
     ratios: dict[str, float] = {}
-    dense_medians: list[float] = []
+    dense_timings: list[Timing] = []
     names = list(plans)
     for start in range(0, len(names), settings.chunk):
         chunk = names[start : start + settings.chunk]
@@ -301,13 +314,21 @@ def _time_plans(
             compact = compact_model(copy.deepcopy(dense), plans[name]).eval()
             candidates[name] = runner(compact, name)
         with torch.inference_mode():
-            timings = time_interleaved(candidates, settings.warmup, settings.repeats)
-        dense_medians.append(timings["dense"].median_ms)
+            timings = time_interleaved(candidates, settings.warmup, settings.repeats, settings.device)
+        dense_timings.append(timings["dense"])
         for name in chunk:
             ratios[name] = timings[name].median_ms / timings["dense"].median_ms
         if progress is not None:
             progress.update(len(chunk))
-    return ratios, dense_medians
+    return ratios, dense_timings
+
+
+def noise_of(dense_timings: list[Timing]) -> float:
+    """The dense model's relative spread within chunks, or its drift between them, whichever is larger."""
+    medians = [timing.median_ms for timing in dense_timings]
+    spread = max(timing.spread_ms / timing.median_ms for timing in dense_timings)
+    drift = (max(medians) - min(medians)) / float(np.median(medians))
+    return max(spread, drift)
 
 
 def measure_table(dense: PreTrainedModel, settings: LatencySettings) -> LatencyTable:
@@ -336,8 +357,8 @@ def measure_table(dense: PreTrainedModel, settings: LatencySettings) -> LatencyT
         settings.runtime,
     )
     with tempfile.TemporaryDirectory() as scratch, tqdm(total=len(plans), desc="latency probes") as bar:
-        ratios, dense_medians = _time_plans(dense, plans, settings, Path(scratch), bar)
-    dense_ms = float(np.median(dense_medians))
+        ratios, dense_timings = _time_plans(dense, plans, settings, Path(scratch), bar)
+    dense_ms = float(np.median([timing.median_ms for timing in dense_timings]))
     curves = {}
     for stack in geometry.stacks:
         for block in (*stack.attention_names, FFN):
@@ -354,6 +375,7 @@ def measure_table(dense: PreTrainedModel, settings: LatencySettings) -> LatencyT
         curves=curves,
         repeats=settings.repeats,
         seconds=round(time.perf_counter() - start, 1),
+        noise=round(noise_of(dense_timings), 4),
     )
 
 
@@ -371,10 +393,19 @@ def latency_table(
         if cached is not None:
             log.info("latency model from cache %s (%s)", cache_dir, key.digest())
             return cached, True
-    table = measure_table(dense, settings)
-    path = save_cached(cache_dir, table)
-    log.info("latency model measured in %.0f s, cached at %s", table.seconds, path)
-    return table, False
+    tables = []
+    for attempt in range(settings.attempts):
+        tables.append(measure_table(dense, settings))
+        if tables[-1].noise <= settings.max_noise:
+            path = save_cached(cache_dir, tables[-1])
+            log.info("latency model measured in %.0f s, cached at %s", tables[-1].seconds, path)
+            return tables[-1], False
+        log.warning("latency probes were noisy (%.1f%% > %.1f%%), measuring again (%d/%d)",
+                    100 * tables[-1].noise, 100 * settings.max_noise, attempt + 1, settings.attempts)  # fmt: skip
+    quietest = min(tables, key=lambda table: table.noise)
+    # Not cached: a later run on a quieter machine must measure again rather than inherit this noise.
+    log.warning("latency model kept at %.1f%% noise and NOT cached; measure on a quieter machine", 100 * quietest.noise)
+    return quietest, False
 
 
 # ---- checking ----------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from pruning.methods.posttrain.importance import compute_importance
 from pruning.methods.posttrain.latency_model import LatencySettings, LatencyTable, latency_table
 from pruning.methods.posttrain.search import SearchResult, search_plan
 from pruning.methods.posttrain.tuning import tune_masks
+from pruning.runtime.numerics import in_dtype
 from pruning.runtime.runners import Shape, TimingOptions, make_runner, random_inputs
 from pruning.runtime.timing import time_interleaved
 from pruning.tasks import make_task
@@ -118,7 +119,10 @@ class PosttrainJob(BaseModel):
 
 
 def measure_speedup(dense, compact, shape: Shape, settings: PosttrainSettings) -> tuple[float, float]:
-    """(dense ms, compact ms): medians of interleaved runs on the same inputs, after warm-up."""
+    """(dense ms, compact ms): medians of interleaved runs on the same inputs, after warm-up, in the
+    numerics the budget is for (copies where the models are in others)."""
+    dtype = settings.timing.torch_dtype()
+    dense, compact = in_dtype(dense, dtype), in_dtype(compact, dtype)
     task = task_of(dense)
     inputs = random_inputs(dense, shape, settings.timing.device, seed=1)  # not the probes' inputs
     with tempfile.TemporaryDirectory() as scratch:
@@ -137,7 +141,9 @@ def measure_speedup(dense, compact, shape: Shape, settings: PosttrainSettings) -
             for name, model in (("dense", dense), ("compact", compact))
         }
         with torch.inference_mode():
-            timings = time_interleaved(runners, warmup=3, repeats=max(settings.timing.repeats, 10))
+            timings = time_interleaved(
+                runners, warmup=3, repeats=max(settings.timing.repeats, 10), device=settings.timing.device
+            )
     return timings["dense"].median_ms, timings["compact"].median_ms
 
 
@@ -171,14 +177,11 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
     importance = compute_importance(settings.importance, dense, task, tokenizer, features, seed=settings.seed)
     now = lap("importance", now)
 
-    latency_settings = LatencySettings(
-        shape=shape,
-        runtime=settings.timing.runtime,
-        device=settings.timing.device,
-        repeats=settings.timing.repeats,
-        threads=settings.timing.threads,
-    )
-    table, cached = latency_table(dense, latency_settings, job.latency_cache, refresh=job.refresh_latency)
+    latency_settings = LatencySettings.for_timing(shape, settings.timing)
+    # Timed in the numerics that will serve: the table's key (and so the cache) carries that dtype.
+    timed = in_dtype(dense, settings.timing.torch_dtype())
+    table, cached = latency_table(timed, latency_settings, job.latency_cache, refresh=job.refresh_latency)
+    del timed
     now = lap("latency_model", now)
 
     budget = settings.latency_ms if settings.latency_ms is not None else table.dense_ms / settings.speedup
@@ -308,6 +311,7 @@ def _method_record(
             runtime=key.runtime,
             device=key.device,
             threads=key.threads,
+            dtype=key.dtype,
         ),  # fmt: skip
         predicted=Predicted(
             dense_ms=round(table.dense_ms, 3),
