@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -46,6 +46,15 @@ bench: $(STAMP)
 		--json $(BENCH_OUT)/bart-base.jsonl --plot $(BENCH_OUT)/bart-base.png
 	$(BENCH) --arch bart-large --seq 512 --batch 1 --new-tokens 32 --repeats 4 \
 		--json $(BENCH_OUT)/bart-large.jsonl --plot $(BENCH_OUT)/bart-large.png
+
+# Pruning in the best numerics of this device (issue 14): dtype auto (bf16 on CPUs with AMX/avx512_bf16),
+# each row also timed against dense fp32 torch eager, the baseline without blockserve; ~3 minutes here.
+NUMERICS := benchmarks/numerics
+bench-numerics: $(STAMP)
+	mkdir -p $(NUMERICS)
+	grep -o -w 'amx_bf16\|avx512_bf16\|avx512_vnni\|amx_int8' /proc/cpuinfo | sort -u > $(NUMERICS)/cpu-flags.txt || true
+	$(BIN)/blockserve bench --arch bert-base-uncased --keep-heads 0.5 --keep-ffn 0.33 --dtype auto --seq 384 \
+		--batch 1 8 --runtime torch --repeats 10 --json $(NUMERICS)/bert-base.jsonl --plot $(NUMERICS)/bert-base.png
 
 # Load test of the service (loadtests/results/cpu-bert-base, linked from README; ~8 minutes here):
 # BERT-base-shaped QA with random weights, dense vs compact (half the heads, a third of the FFN
