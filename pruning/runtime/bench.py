@@ -241,24 +241,32 @@ def _number(value: float | None) -> str:
 
 
 def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
-    """Bar chart of measured speedup next to the FLOPs ratio, one bar group per configuration."""
+    """Bars per configuration: measured speedup, FLOPs ratio, and the speedup over dense fp32 eager torch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.runtime}/{r.unit}\nb{r.batch} s{r.seq}" for r in rows]
+    labels = [f"{r.runtime} {r.dtype}/{r.unit}\nb{r.batch} s{r.seq}" for r in rows]
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows)), 4))
-    ax.bar(x - 0.2, [r.speedup for r in rows], width=0.4, label="measured speedup (dense ms / compact ms)")
+    references = [r.speedup_vs_reference or 0.0 for r in rows]
+    show_reference = any(r.reference_ms is not None and r.reference_ms != r.dense_ms for r in rows)
+    width = 0.27 if show_reference else 0.4
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(rows)), 4))
+    ax.bar(x - width, [r.speedup for r in rows], width=width, label="compact vs dense, same numerics")
     ratios = [r.flops_ratio or 0.0 for r in rows]  # no bar where the ratio is undefined
-    ax.bar(x + 0.2, ratios, width=0.4, label="FLOPs ratio (dense / compact)")
+    ax.bar(x, ratios, width=width, label="FLOPs ratio (dense / compact)")
+    tallest = max(max(r.speedup, ratio) for r, ratio in zip(rows, ratios, strict=True))
+    if show_reference:
+        bars = ax.bar(x + width, references, width=width, label="compact vs dense fp32 torch eager")
+        ax.bar_label(bars, fmt="%.1f×", fontsize=7)
+        tallest = max(tallest, *references)
     ax.axhline(1.0, color="grey", linewidth=0.8)
-    ax.set_ylim(0, 1.3 * max(max(r.speedup, ratio) for r, ratio in zip(rows, ratios, strict=True)))  # legend room
+    ax.set_ylim(0, 1.3 * tallest)  # legend room
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("× faster")
     ax.set_title(f"{rows[0].arch}: compact vs dense ({rows[0].device}, {rows[0].threads} threads)")
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
