@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError
 
 from blockserve import commands
+from blockserve.tune import TuneJob
 from loadtests.cli import LoadtestJob
 from pruning.core.errors import BlockserveError
 from pruning.core.options import add_options, parse_settings
@@ -80,6 +81,12 @@ COMMANDS = (
         "export", commands.ExportJob, commands.run_export, "export a (dense or compact) BERT QA checkpoint to ONNX"
     ),
     Command("bench", commands.BenchJob, commands.run_bench, "time dense vs compact in one process"),
+    Command(
+        "tune",
+        TuneJob,
+        commands.run_tune,
+        "time every runtime × dtype here, check answers on real data, name the fastest that stays correct",
+    ),  # fmt: skip
     Command(
         "loadtest",
         LoadtestJob,

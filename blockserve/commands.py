@@ -319,6 +319,14 @@ def run_kuberay(job: KuberayJob) -> None:
     print(f"wrote {write_rayservice(job.config, job.out, job.cluster)}")
 
 
+def run_tune(job) -> None:
+    from blockserve.tune import format_report, tune
+
+    report = tune(job)
+    print(format_report(report), file=sys.stderr if job.json_out == "-" else sys.stdout)
+    write_json(report.model_dump_json(indent=1), job.json_out)
+
+
 def run_demo(job: DemoJob) -> None:
     from blockserve.demo import run_demo as demo
 

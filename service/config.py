@@ -94,8 +94,10 @@ class VariantConfig(Strict):
     checkpoint: str = Field(description="dense or compact checkpoint directory, or hub id")
     runtime: Literal["torch", "onnx"] = "torch"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: DType = Field(
-        "auto", description="auto: float16 on CUDA, bfloat16 on CPUs with AMX/avx512_bf16, float32 on others"
+    dtype: DType | Literal["int8"] = Field(
+        "auto",
+        description="torch: auto = float16 on CUDA, bfloat16 on CPUs with AMX/avx512_bf16, float32 on others; "
+        "onnx: float32 (auto) or int8 (dynamic quantisation of the export)",
     )
     replicas: int = Field(1, ge=1, description="fixed replica count; leave unset with `autoscaling`")
     autoscaling: AutoscalingConfig | None = None
@@ -113,6 +115,14 @@ class VariantConfig(Strict):
     # it restarts replicas, while batching knobs must change in place.
     max_ongoing_requests: int = Field(32, ge=1, description="requests a replica holds at once (≥ max_batch_size)")
     batching: BatchingConfig = BatchingConfig()
+
+    @model_validator(mode="after")
+    def _numerics_of_the_runtime(self) -> VariantConfig:
+        if self.runtime == "onnx" and self.dtype not in ("auto", "float32", "int8"):
+            raise ValueError(f"runtime onnx runs float32 or int8, not {self.dtype}")
+        if self.runtime == "torch" and self.dtype == "int8":
+            raise ValueError("dtype int8 needs runtime onnx (dynamic quantisation of the exported graph)")
+        return self
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> VariantConfig:

@@ -21,11 +21,12 @@ import ray
 from ray import serve
 
 from pruning.artifacts.checkpoint import load_checkpoint
+from pruning.runtime.candidates import onnx_forward, torch_forward
 from pruning.runtime.numerics import resolve_dtype
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
-from service.qa_engine import EncodedQA, QAEngine, QAInput, onnx_forward, torch_forward
+from service.qa_engine import EncodedQA, QAEngine, QAInput
 from service.schemas import VariantInfo
 from service.summarize_engine import EncodedSummary, SummarizeEngine, SummaryInput
 
@@ -78,13 +79,13 @@ class _ModelServer:
         self.limits = LimitsConfig.model_validate(limits)
         self.generation = GenerationConfig.model_validate(generation)
         self.device = resolve_device(self.variant.device)
-        if self.variant.threads:
-            import torch
+        import torch
 
+        if self.variant.threads:
             torch.set_num_threads(self.variant.threads)
-        self.checkpoint = load_checkpoint(
-            self.variant.checkpoint, device=self.device, dtype=resolve_dtype(self.variant.dtype, self.device)
-        )
+        # ONNX variants export the fp32 model (and quantise that export for int8).
+        dtype = torch.float32 if self.variant.runtime == "onnx" else resolve_dtype(self.variant.dtype, self.device)
+        self.checkpoint = load_checkpoint(self.variant.checkpoint, device=self.device, dtype=dtype)
         self.tokenizer = self.checkpoint.tokenizer()
         self.batching = BatchingConfig()
         self.collector = _metrics_collector()
@@ -131,7 +132,7 @@ class _ModelServer:
 
     def _dtype_name(self) -> str:
         if self.variant.runtime == "onnx":
-            return "float32"  # the exported graph's numerics, whatever the torch model was loaded in
+            return "int8" if self.variant.dtype == "int8" else "float32"  # the graph's numerics
         return str(next(self.checkpoint.model.parameters()).dtype).removeprefix("torch.")
 
     def _threads(self) -> int:
@@ -179,12 +180,14 @@ class QAServer(_ModelServer):
         import tempfile
         from pathlib import Path
 
-        from pruning.artifacts.export import ONNX_NAME, export_qa_onnx, onnx_session
+        from pruning.artifacts.export import ONNX_NAME, onnx_session, quantize_qa_onnx
+        from pruning.runtime.candidates import onnx_graph
 
-        path = self.checkpoint.directory / ONNX_NAME
+        path, scratch = self.checkpoint.directory / ONNX_NAME, Path(tempfile.mkdtemp(prefix="blockserve-onnx-"))
         if not path.is_file():
-            path = Path(tempfile.mkdtemp(prefix="blockserve-onnx-")) / ONNX_NAME
-            export_qa_onnx(self.checkpoint.model.float().cpu(), path)
+            path = onnx_graph(self.checkpoint.model.cpu(), "float32", scratch)
+        if self.variant.dtype == "int8":
+            path = quantize_qa_onnx(path, scratch / "model.int8.onnx")
         # Several replicas may share a CPU: idle ORT threads must not spin and steal it from the others.
         return onnx_session(path, device=self.device, threads=self.variant.threads, spinning=self.device == "cuda")
 

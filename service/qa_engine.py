@@ -7,20 +7,17 @@ request's answers are ranked over its own windows only. The span search is the e
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from tokenizers import Tokenizer
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
+from pruning.runtime.candidates import Forward
 from pruning.tasks.qa import Span, candidate_spans
 from service.config import LimitsConfig
 from service.errors import InputTooLong
 
-# (input arrays by name) → (start logits, end logits), each (windows, tokens)
-Forward = Callable[[dict[str, np.ndarray]], tuple[np.ndarray, np.ndarray]]
 N_BEST = 20
 
 
@@ -29,32 +26,6 @@ class QAInput:
     question: str
     context: str
     top_k: int = 1
-
-
-def torch_forward(model: PreTrainedModel) -> Forward:
-    device = next(model.parameters()).device
-
-    @torch.inference_mode()
-    def forward(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        outputs = model(**{name: torch.from_numpy(array).to(device) for name, array in arrays.items()})
-        return outputs.start_logits.float().cpu().numpy(), outputs.end_logits.float().cpu().numpy()
-
-    return forward
-
-
-def onnx_forward(session) -> Forward:
-    """The same contract as `torch_forward`, on an ONNX Runtime session of an exported QA model."""
-    names = [node.name for node in session.get_inputs()]
-
-    def forward(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        feed = dict(arrays)
-        # The exported graph always takes token_type_ids; a tokenizer without them means "all segment 0",
-        # which is what the torch model assumes when they are absent.
-        feed.setdefault("token_type_ids", np.zeros_like(arrays["input_ids"]))
-        start, end = session.run(["start_logits", "end_logits"], {name: feed[name] for name in names})
-        return start, end
-
-    return forward
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,10 @@ from pydantic import TypeAdapter
 from pruning.artifacts.checkpoint import compact_checkpoint, load_checkpoint
 from pruning.core.plan import PruningPlan
 from pruning.core.structure import geometry_of
+from pruning.runtime.candidates import torch_forward
 from pruning.runtime.numerics import dtype_name, resolve_dtype
 from service.config import LimitsConfig
-from service.qa_engine import QAEngine, QAInput, torch_forward
+from service.qa_engine import QAEngine, QAInput
 from service.schemas import VariantInfo
 from tests.factories import _CORPUS
 

@@ -46,9 +46,10 @@ def test_lead_three_baseline_scores_like_published_lead3():
 @pytest.mark.skipif(not (MODEL / "model.safetensors").is_file(), reason="../shared/models/minilm-l6-squad absent")
 def test_service_qa_engine_answers_like_the_evaluator_on_real_squad():
     from pruning.artifacts.checkpoint import load_checkpoint
+    from pruning.runtime.candidates import torch_forward
     from pruning.tasks.qa import QuestionAnsweringTask, read_squad
     from service.config import LimitsConfig
-    from service.qa_engine import QAEngine, QAInput, torch_forward
+    from service.qa_engine import QAEngine, QAInput
 
     checkpoint = load_checkpoint(MODEL)
     tokenizer = checkpoint.tokenizer()

@@ -50,6 +50,7 @@ def base_arguments(files) -> dict[str, list[str]]:
         "compact": ["--model", d, "--plan", f, "--out", o],
         "export": ["--model", d, "--out", o],
         "bench": ["--arch", "bert-tiny"],
+        "tune": ["--model", d],
         "loadtest": ["--url", "http://127.0.0.1:9"],
         "demo": [],
     }
@@ -111,6 +112,11 @@ def test_every_option_of_every_command_fails_cleanly_or_is_accepted(capsys, monk
             failures.append(f"{label}: exit 0 but the command did not run")
     assert checked > 500
     assert not failures, "\n".join(failures[:20]) + f"\n({len(failures)} failures)"
+
+
+def test_every_command_is_covered(files):
+    covered = {key.split()[0] for key in base_arguments(files)}
+    assert covered == set(cli.BY_NAME), set(cli.BY_NAME) ^ covered
 
 
 def test_the_base_command_lines_are_valid(capsys, monkeypatch, files):

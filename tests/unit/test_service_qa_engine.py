@@ -1,10 +1,11 @@
 import pytest
 
 from pruning.artifacts.checkpoint import load_checkpoint
+from pruning.runtime.candidates import torch_forward
 from pruning.tasks.qa import QAExample, QuestionAnsweringTask
 from service.config import LimitsConfig
 from service.errors import InputTooLong
-from service.qa_engine import QAEngine, QAInput, torch_forward
+from service.qa_engine import QAEngine, QAInput
 from tests.factories import _CORPUS
 
 LONG_CONTEXT = " ".join(_CORPUS * 3)  # several windows of 48 tokens

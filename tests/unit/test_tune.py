@@ -1,0 +1,76 @@
+"""`blockserve tune`: every candidate timed and scored; the fastest that keeps its answers is chosen."""
+
+import json
+
+import pytest
+
+from blockserve.cli import main
+from blockserve.tune import Measured, choose
+from pruning.core.task_registry import TASKS
+from pruning.runtime.candidates import REFERENCE, Candidate, available_candidates
+from pruning.runtime.numerics import capabilities
+from service.config import VariantConfig
+
+
+def _measured(name: str, ms: float, drop: float, bound: float) -> Measured:
+    runtime, dtype = name.split()
+    return Measured(
+        candidate=name, runtime=runtime, dtype=dtype, median_ms=ms, spread_ms=0.1, speedup=100 / ms, metric="f1",
+        score=80 - drop, drop=drop, tolerance=bound, passes=drop <= bound,
+    )  # fmt: skip
+
+
+def test_the_fastest_passing_candidate_wins_and_faster_failures_are_named():
+    measured = [
+        _measured("torch float32", 100, 0.0, 0.0),
+        _measured("torch bfloat16", 30, 0.1, 0.3),
+        _measured("onnx int8", 20, 1.6, 1.0),  # faster, but loses too many answers
+        _measured("onnx float32", 90, 0.0, 0.3),
+    ]
+    best, why = choose(measured)
+    assert best.candidate == "torch bfloat16"
+    assert "faster but rejected: onnx int8 (f1 drop +1.60 > 1)" in why
+    assert choose(measured[:1])[0].candidate == "torch float32"  # the reference always passes
+
+
+def test_candidates_follow_the_device():
+    qa, summarization = TASKS["question-answering"], TASKS["summarization"]
+    names = [c.name for c in available_candidates(qa, "cpu")]
+    assert names[0] == REFERENCE.name and "onnx float32" in names and "onnx int8" in names
+    assert ("torch bfloat16" in names) == capabilities("cpu").bf16_matrix_units
+    assert all(c.runtime == "torch" for c in available_candidates(summarization, "cpu"))  # no ONNX export
+    assert Candidate("torch", "float16") in available_candidates(qa, "cuda")
+
+
+def test_int8_serves_only_through_onnx():
+    assert VariantConfig(checkpoint="x", runtime="onnx", dtype="int8").dtype == "int8"
+    with pytest.raises(ValueError, match="dtype int8 needs runtime onnx"):
+        VariantConfig(checkpoint="x", dtype="int8")
+    with pytest.raises(ValueError, match="runtime onnx runs float32 or int8, not bfloat16"):
+        VariantConfig(checkpoint="x", runtime="onnx", dtype="bfloat16")
+
+
+def test_tune_cli_times_scores_and_chooses(dense_bert_dir, squad_file, tmp_path, capsys):
+    out = tmp_path / "tune.json"
+    argv = ["tune", "--model", str(dense_bert_dir), "--data", str(squad_file), "--limit", "6", "--seq", "48",
+            "--repeats", "2", "--warmup", "1", "--max-length", "48", "--stride", "16", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "chosen:" in printed and "runtime:" in printed
+    report = json.loads(out.read_text())
+    names = [m["candidate"] for m in report["candidates"]]
+    assert names == [c.name for c in available_candidates(TASKS["question-answering"], "cpu")]
+    reference = report["candidates"][0]
+    assert reference["drop"] == 0 and reference["speedup"] == 1 and reference["passes"]
+    chosen = next(m for m in report["candidates"] if m["candidate"] == report["chosen"])
+    assert chosen["passes"] and all(m["median_ms"] >= chosen["median_ms"] for m in report["candidates"] if m["passes"])
+    assert report["variant"]["runtime"] == chosen["runtime"] and report["variant"]["dtype"] == chosen["dtype"]
+    onnx = next(m for m in report["candidates"] if m["candidate"] == "onnx float32")
+    assert abs(onnx["drop"]) < 1e-6  # the fp32 export answers as torch does
+
+
+def test_tune_rejects_windows_longer_than_the_model(dense_bert_dir, squad_file, capsys):
+    argv = ["tune", "--model", str(dense_bert_dir), "--data", str(squad_file), "--limit", "2", "--seq", "48",
+            "--max-length", "256"]  # fmt: skip
+    assert main(argv) == 2
+    assert "--max-length 256 exceeds the model's 128 positions" in capsys.readouterr().err
