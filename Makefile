@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench bench-numerics loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics bench-align tune-minilm loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -55,6 +55,22 @@ bench-numerics: $(STAMP)
 	grep -o -w 'amx_bf16\|avx512_bf16\|avx512_vnni\|amx_int8' /proc/cpuinfo | sort -u > $(NUMERICS)/cpu-flags.txt || true
 	$(BIN)/blockserve bench --arch bert-base-uncased --keep-heads 0.5 --keep-ffn 0.33 --dtype auto --seq 384 \
 		--batch 1 8 --runtime torch --repeats 10 --json $(NUMERICS)/bert-base.jsonl --plot $(NUMERICS)/bert-base.png
+
+# Which FFN widths pay in bf16 here: the same 0.5 heads / 0.33 FFN plan with units in multiples of 1, 8, 16, 64
+# (1014, 1016, 1008, 1024 units per layer); ~4 minutes.
+bench-align: $(STAMP)
+	mkdir -p $(NUMERICS)
+	set -e; for align in 1 8 16 64; do \
+		$(BIN)/blockserve bench --arch bert-base-uncased --keep-heads 0.5 --keep-ffn 0.33 --align $$align --dtype auto \
+			--seq 384 --batch 1 8 --runtime torch --repeats 10 --json $(NUMERICS)/bert-base-align-$$align.jsonl; \
+	done
+
+# The fastest correct numerics for the shared SQuAD MiniLM here: every runtime × dtype timed at b1 s384 and
+# scored on all of dev.json against the fp32 reference (~4 minutes).
+tune-minilm: $(STAMP)
+	mkdir -p $(NUMERICS)
+	$(BIN)/blockserve tune --model $(SHARED)/models/minilm-l6-squad --data $(SHARED)/data/squad/dev.json \
+		--limit 100000 --seq 384 --batch 1 --repeats 20 --json $(NUMERICS)/minilm-tune.json
 
 # Load test of the service (loadtests/results/cpu-bert-base, linked from README; ~8 minutes here):
 # BERT-base-shaped QA with random weights, dense vs compact (half the heads, a third of the FFN

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pruning.artifacts.records import Evaluation, PlanFileMethod, Scores
 from pruning.core.options import ExistingFile, Flag, ModelReference
-from pruning.core.plan import PruningPlan
+from pruning.core.plan import Alignment, PruningPlan
 from pruning.runtime.bench import BenchSettings
 from pruning.runtime.runners import TimingOptions
 from pruning.tasks.evaluate import EvaluateJob
@@ -50,6 +50,7 @@ def _fraction(default: float | None, what: str):
 class PlanJob(_ModelOrPreset):
     keep_heads: float = _fraction(..., "heads")
     keep_ffn: float = _fraction(..., "FFN units")
+    align: Alignment = 1
     out: Path = Field(description="plan JSON to write")
 
 
@@ -68,6 +69,7 @@ class BenchJob(_ModelOrPreset):
     plan: ExistingFile | None = Field(None, description="plan JSON (default: uniform from --keep-*)")
     keep_heads: float = _fraction(0.5, "heads")
     keep_ffn: float = _fraction(0.33, "FFN units")
+    align: Alignment = 1
     bench: BenchSettings = BenchSettings()
     json_out: Annotated[str | None, Flag("--json")] = Field(
         None, description="write one JSON object per configuration to PATH ('-' for stdout)"
@@ -188,7 +190,7 @@ def run_evaluate(job: EvaluateJob) -> None:
 def run_plan(job: PlanJob) -> None:
     from pruning.core.structure import geometry_of
 
-    PruningPlan.uniform(geometry_of(_dense_config(job)), job.keep_heads, job.keep_ffn).save(job.out)
+    PruningPlan.uniform(geometry_of(_dense_config(job)), job.keep_heads, job.keep_ffn, job.align).save(job.out)
     print(f"wrote uniform plan (keep {job.keep_heads:g} of heads, {job.keep_ffn:g} of FFN units) to {job.out}")
 
 
@@ -253,7 +255,7 @@ def _bench_subject(job: BenchJob):
     if job.plan:
         plan = PruningPlan.load(job.plan)
     if plan is None:
-        plan = PruningPlan.uniform(geometry_of(dense.config), job.keep_heads, job.keep_ffn)
+        plan = PruningPlan.uniform(geometry_of(dense.config), job.keep_heads, job.keep_ffn, job.align)
     return dense, plan, arch
 
 

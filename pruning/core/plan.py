@@ -9,11 +9,28 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, field_validator, model_validator
 
 from pruning.core.errors import PlanError
 from pruning.core.structure import Geometry, StackGeometry
+
+# Matrix units run widths in their tile multiples best; a plan may keep FFN units per layer in multiples
+# of N (`align`). The dense width is always allowed, so a layer can stay whole whatever N is.
+Alignment = Annotated[
+    int, Field(ge=1, le=4096, description="keep FFN units per layer in multiples of N (the dense width stays allowed)")
+]
+
+
+def allowed_counts(size: int, align: int) -> list[int]:
+    """The FFN unit counts a layer of `size` units may keep under `align`."""
+    return sorted({*range(0, size + 1, align), size})
+
+
+def nearest_allowed(count: int, size: int, align: int) -> int:
+    """The allowed count closest to `count` (ties go up: never fewer units than asked for at a tie)."""
+    return min(allowed_counts(size, align), key=lambda allowed: (abs(allowed - count), -allowed))
 
 
 # Frozen, with tuples for index lists: a validated plan cannot change afterwards (its digest, its
@@ -115,8 +132,8 @@ class PruningPlan(BaseModel):
         return cls.uniform(geometry, keep_heads=1.0, keep_ffn=1.0)
 
     @classmethod
-    def uniform(cls, geometry: Geometry, keep_heads: float, keep_ffn: float) -> PruningPlan:
-        """Keep the same fraction of heads and FFN units in every layer (the first ones).
+    def uniform(cls, geometry: Geometry, keep_heads: float, keep_ffn: float, align: int = 1) -> PruningPlan:
+        """Keep the same fraction of heads and FFN units in every layer (the first ones; `align` as above).
 
         Which units are kept does not change speed, so this is what benchmarks use; it is not a
         pruning method and says nothing about accuracy.
@@ -127,7 +144,7 @@ class PruningPlan(BaseModel):
         stacks = {}
         for stack in geometry.stacks:
             heads = list(range(round(stack.num_heads * keep_heads)))
-            units = list(range(round(stack.ffn_units * keep_ffn)))
+            units = list(range(nearest_allowed(round(stack.ffn_units * keep_ffn), stack.ffn_units, align)))
             layer = {"heads": {name: heads for name in stack.attention_names}, "ffn_units": units}
             stacks[stack.name] = StackPlan(
                 num_heads=stack.num_heads,

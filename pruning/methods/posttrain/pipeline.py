@@ -41,6 +41,7 @@ from pruning.artifacts.records import (
 )
 from pruning.core.errors import CheckpointError
 from pruning.core.options import ExistingFile, Flag, ModelReference
+from pruning.core.plan import Alignment
 from pruning.core.structure import geometry_of, task_of
 from pruning.methods.posttrain.importance import compute_importance
 from pruning.methods.posttrain.latency_model import LatencySettings, LatencyTable, latency_table
@@ -82,6 +83,7 @@ class PosttrainSettings(BaseModel):
     tune_samples: Annotated[int, _posttrain()] = Field(64, ge=1, le=10**6, description="features used by mask tuning")
     ridge: Annotated[float, _posttrain()] = Field(1e-2, gt=0.0, le=1e6, description="mask tuning: pull towards 1")
     timing: TimingOptions = TimingOptions()
+    align: Annotated[Alignment, _posttrain()] = 1
     corrections: Annotated[int, _posttrain()] = Field(
         2, ge=0, le=20, description="re-searches when the measured speedup misses the budget"
     )
@@ -253,7 +255,7 @@ def _search_and_verify(
     search_budget = budget
     attempts = []
     for attempt in range(settings.corrections + 1):
-        result = search_plan(geometry, importance, table, search_budget)
+        result = search_plan(geometry, importance, table, search_budget, align=settings.align)
         compact = compact_model(copy.deepcopy(dense), result.plan).eval()
         dense_ms, compact_ms = measure_speedup(dense, compact, shape, settings)
         measured_ratio = compact_ms / dense_ms

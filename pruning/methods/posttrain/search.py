@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pruning.core.errors import PlanError
-from pruning.core.plan import PruningPlan
+from pruning.core.plan import PruningPlan, allowed_counts
 from pruning.core.structure import Geometry
 from pruning.core.units import FFN, group_key
 from pruning.methods.posttrain.importance import Importance
@@ -53,7 +53,9 @@ def search_plan(
     table: LatencyTable,
     budget_ms: float,
     resolution: int = 2000,
+    align: int = 1,
 ) -> SearchResult:
+    """The plan keeping the most importance with predicted latency ≤ `budget_ms`; FFN counts in multiples of `align`."""
     groups = _groups(geometry)
     costs, values = [], []
     floor = table.dense_ms
@@ -84,9 +86,11 @@ def search_plan(
     choices = np.zeros((len(groups), bins + 1), dtype=np.int64)
     for index, (cost, value) in enumerate(zip(costs, values, strict=True)):
         steps = np.ceil(cost / step - 1e-9).astype(np.int64)
-        # Per distinct cost only the largest count matters (more units never lose value).
-        candidate_steps, last = np.unique(steps[::-1], return_index=True)
-        candidate_counts = len(steps) - 1 - last
+        _, _, block, size = groups[index]
+        allowed = np.asarray(allowed_counts(size, align) if block == FFN else range(size + 1))[::-1]
+        # Per distinct cost only the largest allowed count matters (more units never lose value).
+        candidate_steps, first = np.unique(steps[allowed], return_index=True)
+        candidate_counts = allowed[first]
         new = np.full(bins + 1, -np.inf)
         chosen = np.zeros(bins + 1, dtype=np.int64)
         for cost_steps, count in zip(candidate_steps, candidate_counts, strict=True):
