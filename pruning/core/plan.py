@@ -28,6 +28,11 @@ def allowed_counts(size: int, align: int) -> list[int]:
     return sorted({*range(0, size + 1, align), size})
 
 
+def allowed_at_least(count: int, size: int, align: int) -> int:
+    """The smallest allowed count that keeps at least `count` units."""
+    return min(allowed for allowed in allowed_counts(size, align) if allowed >= count)
+
+
 def nearest_allowed(count: int, size: int, align: int) -> int:
     """The allowed count closest to `count` (ties go up: never fewer units than asked for at a tie)."""
     return min(allowed_counts(size, align), key=lambda allowed: (abs(allowed - count), -allowed))

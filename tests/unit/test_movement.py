@@ -4,6 +4,7 @@ from pydantic import ValidationError
 
 from pruning.artifacts.compact import compact_model
 from pruning.core.errors import PlanError
+from pruning.core.plan import allowed_counts
 from pruning.methods.movement.masks import MaskedLinear
 from pruning.methods.movement.pruner import MovementPruner, MovementSettings
 from tests.factories import tiny_bart, tiny_bert
@@ -90,10 +91,12 @@ def test_no_regularization_by_default():
     assert pruner.regularization(10).item() == 0.0
 
 
+@pytest.mark.parametrize("align", [1, 8])
 @pytest.mark.parametrize(("make", "block"), [(tiny_bert, "8x8"), (tiny_bert, "head"), (tiny_bart, "8x8")])
-def test_plan_then_compact_matches_the_masked_model(make, block):
+def test_plan_then_compact_matches_the_masked_model(make, block, align):
+    """With `align`, the plan rounds FFN widths up with masked (zero) units: still equal to the masked model."""
     model = make()
-    pruner = _attach(model, target_density=0.3, block=block)
+    pruner = _attach(model, target_density=0.3, block=block, align=align)
     _randomise_scores(pruner, seed=3)
     pruner.update(10)
     inputs = _bart_inputs() if make is tiny_bart else {"input_ids": torch.randint(5, 100, (2, 12))}
@@ -111,6 +114,8 @@ def test_plan_then_compact_matches_the_masked_model(make, block):
     summary = plan.summary()
     assert all(s.heads_kept < s.heads_total for _, s in summary.items())
     assert all(s.ffn_units_kept < s.ffn_units_total for _, s in summary.items())
+    for stack in plan.stacks.values():
+        assert all(len(layer.ffn_units) in allowed_counts(stack.ffn_units, align) for layer in stack.layers)
 
 
 def test_plan_keeps_a_head_only_if_value_rows_and_output_columns_survive():

@@ -30,7 +30,7 @@ from transformers import PreTrainedModel
 
 from pruning.core.errors import PlanError
 from pruning.core.options import Flag
-from pruning.core.plan import LayerPlan, PruningPlan, StackPlan
+from pruning.core.plan import Alignment, LayerPlan, PruningPlan, StackPlan, allowed_at_least
 from pruning.core.structure import StackSpec, geometry_of, iter_layers
 from pruning.methods.movement.masks import MaskedLinear
 from pruning.methods.movement.schedules import CubicSchedule
@@ -74,6 +74,9 @@ class MovementSettings(BaseModel):
         0.2, ge=0.0, lt=1.0, description="share of final steps at the final density"
     )
     initial_score: Annotated[float, Flag(cli=False)] = 0.0
+    # Rounded up when the plan is read: the extra units are masked ones whose weights are zero, so the
+    # compact model still equals the masked one.
+    align: Annotated[Alignment, Flag(group=MASKS)] = 1
 
     @model_validator(mode="after")
     def _schedule_fits(self) -> MovementSettings:
@@ -289,10 +292,21 @@ class MovementPruner:
                     values = roles["value"].live_rows().view(stack.num_heads, stack.head_dim).any(dim=1)
                     outputs = roles["output"].live_columns().view(stack.num_heads, stack.head_dim).any(dim=1)
                     heads[block] = torch.nonzero(values & outputs).flatten().tolist()
-                units = masks.up.live_rows() & masks.down.live_columns()
-                layers.append(LayerPlan(heads=heads, ffn_units=torch.nonzero(units).flatten().tolist()))
+                layers.append(LayerPlan(heads=heads, ffn_units=self._kept_units(masks, stack.ffn_units)))
             stacks[stack.name] = StackPlan(num_heads=stack.num_heads, ffn_units=stack.ffn_units, layers=layers)
         return PruningPlan(architecture=self.geometry.architecture, stacks=stacks)
+
+    def _kept_units(self, masks: _LayerMasks, size: int) -> list[int]:
+        """FFN units with anything left, plus the best-scored masked ones up to an allowed width."""
+        live = masks.up.live_rows() & masks.down.live_columns()
+        kept = torch.nonzero(live).flatten()
+        missing = allowed_at_least(len(kept), size, self.settings.align) - len(kept)
+        if missing:
+            rows = masks.up.block_scores().amax(dim=1).repeat_interleave(masks.up.block_rows)
+            columns = masks.down.block_scores().amax(dim=0).repeat_interleave(masks.down.block_cols)
+            strength = torch.minimum(rows, columns).masked_fill(live, -math.inf)
+            kept = torch.cat([kept, torch.topk(strength, missing).indices])
+        return sorted(kept.tolist())
 
     def detach(self) -> PreTrainedModel:
         """Bake the masks into plain `nn.Linear`s (pruned weights zero) and return the model."""
