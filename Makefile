@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench bench-numerics bench-align tune-minilm loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics bench-align tune-minilm gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -71,6 +71,11 @@ tune-minilm: $(STAMP)
 	mkdir -p $(NUMERICS)
 	$(BIN)/blockserve tune --model $(SHARED)/models/minilm-l6-squad --data $(SHARED)/data/squad/dev.json \
 		--limit 100000 --seq 384 --batch 1 --repeats 20 --json $(NUMERICS)/minilm-tune.json
+
+# On a CUDA machine only (never in CI): bench, latency model and the serving engines in the GPU's numerics,
+# results to benchmarks/gpu/. It needs no Ray and no install of the project (python on the checkout).
+gpu-check:
+	python3 benchmarks/gpu_check.py --out benchmarks/gpu --device cuda
 
 # Load test of the service (loadtests/results/cpu-bert-base, linked from README; ~8 minutes here):
 # BERT-base-shaped QA with random weights, dense vs compact (half the heads, a third of the FFN
