@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench bench-numerics bench-align tune-minilm gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -55,6 +55,12 @@ bench-numerics: $(STAMP)
 	grep -o -w 'amx_bf16\|avx512_bf16\|avx512_vnni\|amx_int8' /proc/cpuinfo | sort -u > $(NUMERICS)/cpu-flags.txt || true
 	$(BIN)/blockserve bench --arch bert-base-uncased --keep-heads 0.5 --keep-ffn 0.33 --dtype auto --seq 384 \
 		--batch 1 8 --runtime torch --repeats 10 --json $(NUMERICS)/bert-base.jsonl --plot $(NUMERICS)/bert-base.png
+
+# Where batch 1's time goes, dense vs compact, by operator (torch.profiler), bf16 here; ~1 minute.
+profile-b1: $(STAMP)
+	mkdir -p $(NUMERICS)
+	$(BIN)/python benchmarks/profile_forward.py --arch bert-base-uncased --batch 1 --seq 384 --dtype auto \
+		--out $(NUMERICS)/profile-b1.json | tee $(NUMERICS)/profile-b1.md
 
 # Which FFN widths pay in bf16 here: the same 0.5 heads / 0.33 FFN plan with units in multiples of 1, 8, 16, 64
 # (1014, 1016, 1008, 1024 units per layer); ~4 minutes.
