@@ -54,6 +54,7 @@ class TuneJob(BaseModel):
     device: Device = "cpu"
     half_tolerance: float = Field(0.3, ge=0.0, le=100.0, description="allowed metric drop (points) for bf16/fp16")
     int8_tolerance: float = Field(1.0, ge=0.0, le=100.0, description="allowed metric drop (points) for int8")
+    compiled: bool = Field(False, description="also time torch.compile candidates (QA; ~30 s to compile a BERT-base)")
     json_out: Annotated[str | None, Flag("--json")] = Field(
         None, description="write the report to PATH ('-' for stdout)"
     )
@@ -118,7 +119,7 @@ def tune(job: TuneJob) -> TuneReport:
     data = job.data or sample_data(entry)
     examples = task.load(Path(data), job.limit)
     shape = Shape(job.batch, job.seq or entry.default_workload.source_len, job.new_tokens if entry.generates else 0)
-    candidates = available_candidates(entry, job.device)
+    candidates = available_candidates(entry, job.device, job.compiled)
     log.info("tuning %s (%s) at %s on %s: %s", job.model, entry.name, shape.describe(), job.device,
              ", ".join(c.name for c in candidates))  # fmt: skip
     with tempfile.TemporaryDirectory() as scratch:
@@ -151,7 +152,10 @@ def tune(job: TuneJob) -> TuneReport:
         model=str(job.model), task=entry.name, shape=shape.describe(), device=job.device,
         threads=torch.get_num_threads(), data=str(data), examples=len(examples), candidates=measured,
         chosen=best.candidate, why=why,
-        variant={"checkpoint": str(job.model), "runtime": best.runtime, "dtype": best.dtype, "device": job.device},
+        variant={
+            "checkpoint": str(job.model), "runtime": best.runtime, "dtype": best.dtype, "device": job.device,
+            **({"compiled": "true"} if best.candidate.endswith("compiled") else {}),
+        },
     )  # fmt: skip
 
 

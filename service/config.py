@@ -99,6 +99,9 @@ class VariantConfig(Strict):
         description="torch: auto = float16 on CUDA, bfloat16 on CPUs with AMX/avx512_bf16, float32 on others; "
         "onnx: float32 (auto) or int8 (dynamic quantisation of the export)",
     )
+    compiled: bool = Field(
+        False, description="QA with runtime torch: torch.compile the model at replica start (warmed before ready)"
+    )
     replicas: int = Field(1, ge=1, description="fixed replica count; leave unset with `autoscaling`")
     autoscaling: AutoscalingConfig | None = None
     num_cpus: float = Field(1.0, gt=0.0)
@@ -122,6 +125,8 @@ class VariantConfig(Strict):
             raise ValueError(f"runtime onnx runs float32 or int8, not {self.dtype}")
         if self.runtime == "torch" and self.dtype == "int8":
             raise ValueError("dtype int8 needs runtime onnx (dynamic quantisation of the exported graph)")
+        if self.compiled and self.runtime != "torch":
+            raise ValueError("compiled applies to runtime torch")
         return self
 
     @model_validator(mode="after")
@@ -178,6 +183,8 @@ class AppConfig(Strict):
                 raise ValueError(
                     f"summarize.variants.{name}.runtime: only 'torch' serves summarization (onnx: qa only)"
                 )
+            if variant.compiled:
+                raise ValueError(f"summarize.variants.{name}.compiled: generate() is not compiled (qa only)")
         return self
 
     def ingress_capacity(self) -> int:

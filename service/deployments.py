@@ -21,8 +21,8 @@ import ray
 from ray import serve
 
 from pruning.artifacts.checkpoint import load_checkpoint
-from pruning.runtime.candidates import onnx_forward, torch_forward
-from pruning.runtime.numerics import resolve_dtype
+from pruning.runtime.candidates import Candidate, onnx_forward, qa_forward, torch_forward
+from pruning.runtime.numerics import dtype_name, resolve_dtype
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
@@ -125,6 +125,7 @@ class _ModelServer:
             device=self.device,
             dtype=self._dtype_name(),
             runtime=self.variant.runtime,
+            compiled=self.variant.compiled,
             batching=self.batching,
             replica_pid=os.getpid(),
             threads=self._threads(),
@@ -173,6 +174,10 @@ class QAServer(_ModelServer):
         positions = self.checkpoint.model.config.max_position_embeddings
         if self.variant.runtime == "onnx":
             return QAEngine(onnx_forward(self._onnx_session()), self.tokenizer, self.limits, positions)
+        if self.variant.compiled:
+            candidate = Candidate("torch", dtype_name(next(self.checkpoint.model.parameters()).dtype), compiled=True)
+            forward = qa_forward(self.checkpoint.model, candidate, self.checkpoint.directory, self.device)
+            return QAEngine(forward, self.tokenizer, self.limits, positions)
         return QAEngine(torch_forward(self.checkpoint.model), self.tokenizer, self.limits, positions)
 
     def _onnx_session(self):
@@ -193,6 +198,8 @@ class QAServer(_ModelServer):
 
     def _warm_up(self) -> None:
         self.engine.answer([QAInput("What is served?", "Pruned models are served.")])
+        if self.variant.compiled:  # a second length: the compiler's dynamic-shape graph is built now, not on a request
+            self.engine.answer([QAInput("What is served here?", "Pruned and compacted models are served. " * 8)])
 
     def prepare(self, payload: QAInput) -> tuple[EncodedQA, int]:
         # Tokenized once: the encoding that is counted against the limits is the one the batch runs.

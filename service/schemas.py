@@ -73,6 +73,7 @@ class VariantInfo(BaseModel):
     device: str
     dtype: str = Field(description="the numerics the model runs in (auto resolved)")
     runtime: str
+    compiled: bool = Field(False, description="torch.compile'd at replica start")
     batching: BatchingConfig
     replica_pid: int
     threads: int = Field(description="intra-op threads the replica's model runs with")

@@ -30,22 +30,26 @@ Runtime = Literal["torch", "onnx"]
 class Candidate:
     runtime: Runtime
     dtype: Literal["float32", "bfloat16", "float16", "int8"]
+    compiled: bool = False  # torch only: `torch.compile` (inductor, weights frozen into the graph)
 
     @property
     def name(self) -> str:
-        return f"{self.runtime} {self.dtype}"
+        return f"{self.runtime} {self.dtype}" + (" compiled" if self.compiled else "")
 
 
 REFERENCE = Candidate("torch", "float32")  # the answers every other candidate is checked against
 
 
-def available_candidates(entry: TaskEntry, device: str) -> list[Candidate]:
-    """Every runtime × dtype worth timing here: reduced precision only where the device has units for it."""
+def available_candidates(entry: TaskEntry, device: str, compiled: bool = False) -> list[Candidate]:
+    """Every runtime × dtype worth timing here: reduced precision only where the device has units for it;
+    with `compiled`, each torch one compiled too (QA's forward only: generate() is not compiled)."""
     found = [REFERENCE]
     if device.startswith("cuda"):
         found += [Candidate("torch", "float16"), Candidate("torch", "bfloat16")]
     elif capabilities(device).bf16_matrix_units:
         found.append(Candidate("torch", "bfloat16"))
+    if compiled and not entry.generates:
+        found += [Candidate("torch", c.dtype, compiled=True) for c in list(found)]
     if entry.onnx_export:
         found.append(Candidate("onnx", "float32"))
         if not device.startswith("cuda"):  # dynamic int8 kernels are the CPU provider's
@@ -99,4 +103,9 @@ def qa_forward(
     if candidate.runtime == "onnx":
         session = onnx_session(onnx_graph(model, candidate.dtype, scratch), device, threads, spinning=spinning)
         return onnx_forward(session)
-    return torch_forward(in_dtype(model, getattr(torch, candidate.dtype)).to(device).eval())
+    model = in_dtype(model, getattr(torch, candidate.dtype)).to(device).eval()
+    if candidate.compiled:
+        # Frozen weights let inductor fold them into the kernels (inference only; set for the process).
+        torch._inductor.config.freezing = True
+        model = torch.compile(model)  # a wrapper: the caller's model itself stays eager
+    return torch_forward(model)

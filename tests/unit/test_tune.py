@@ -74,3 +74,36 @@ def test_tune_rejects_windows_longer_than_the_model(dense_bert_dir, squad_file, 
             "--max-length", "256"]  # fmt: skip
     assert main(argv) == 2
     assert "--max-length 256 exceeds the model's 128 positions" in capsys.readouterr().err
+
+
+def test_compiled_candidates_answer_as_the_eager_ones(dense_bert_dir, tmp_path):
+    from pruning.artifacts.checkpoint import load_checkpoint
+    from pruning.runtime.candidates import qa_forward, torch_forward
+    from service.config import LimitsConfig
+    from service.qa_engine import QAEngine, QAInput
+    from tests.factories import _CORPUS
+
+    checkpoint = load_checkpoint(dense_bert_dir)
+    limits = LimitsConfig(window_tokens=48, window_stride=16, max_question_tokens=16, max_input_tokens=1000)
+    compiled = qa_forward(checkpoint.model, Candidate("torch", "float32", compiled=True), tmp_path)
+    engines = [QAEngine(f, checkpoint.tokenizer(), limits, 128) for f in (torch_forward(checkpoint.model), compiled)]
+    questions = [QAInput("Where is Fresno?", _CORPUS[1]), QAInput("What is prime?", " ".join(_CORPUS * 3))]
+    for question in questions:  # two lengths: the compiled graph handles both
+        eager, fast = (engine.answer([question])[0][0] for engine in engines)
+        assert (eager.start, eager.end) == (fast.start, fast.end)
+        assert fast.score == pytest.approx(eager.score, abs=1e-3)
+    names = [c.name for c in available_candidates(TASKS["question-answering"], "cpu", compiled=True)]
+    assert "torch float32 compiled" in names
+    assert not any(c.compiled for c in available_candidates(TASKS["summarization"], "cpu", compiled=True))
+
+
+def test_compiled_variants_are_torch_qa_only():
+    from service.config import AppConfig
+
+    assert VariantConfig(checkpoint="x", compiled=True).compiled
+    with pytest.raises(ValueError, match="compiled applies to runtime torch"):
+        VariantConfig(checkpoint="x", runtime="onnx", compiled=True)
+    with pytest.raises(ValueError, match="generate\\(\\) is not compiled"):
+        AppConfig.model_validate(
+            {"summarize": {"default_variant": "a", "variants": {"a": {"checkpoint": "x", "compiled": True}}}}
+        )
