@@ -48,13 +48,14 @@ bench: $(STAMP)
 		--json $(BENCH_OUT)/bart-large.jsonl --plot $(BENCH_OUT)/bart-large.png
 
 # Pruning in the best numerics of this device (issue 14): dtype auto (bf16 on CPUs with AMX/avx512_bf16),
-# each row also timed against dense fp32 torch eager, the baseline without blockserve; ~3 minutes here.
+# eager and torch.compile (frozen), each row also timed against dense fp32 torch eager, the baseline
+# without blockserve; ~6 minutes here.
 NUMERICS := benchmarks/numerics
 bench-numerics: $(STAMP)
 	mkdir -p $(NUMERICS)
 	grep -o -w 'amx_bf16\|avx512_bf16\|avx512_vnni\|amx_int8' /proc/cpuinfo | sort -u > $(NUMERICS)/cpu-flags.txt || true
 	$(BIN)/blockserve bench --arch bert-base-uncased --keep-heads 0.5 --keep-ffn 0.33 --dtype auto --seq 384 \
-		--batch 1 8 --runtime torch --repeats 10 --json $(NUMERICS)/bert-base.jsonl --plot $(NUMERICS)/bert-base.png
+		--batch 1 8 --runtime torch --compiled --repeats 10 --json $(NUMERICS)/bert-base.jsonl --plot $(NUMERICS)/bert-base.png
 
 # Where batch 1's time goes, dense vs compact, by operator (torch.profiler), bf16 here; ~1 minute.
 profile-b1: $(STAMP)

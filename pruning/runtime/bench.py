@@ -59,6 +59,7 @@ class BenchRow(BaseModel):
     threads: int
     device: str
     dtype: str = "float32"  # the numerics timed (ONNX Runtime: the fp32 export)
+    compiled: bool = False  # torch.compile'd dense and compact (inductor, frozen weights)
     # The baseline a user has without blockserve: the dense model in float32, torch eager, timed in the
     # same interleaved run (= dense_ms for a float32 torch row). Older rows: None.
     reference_ms: float | None = None
@@ -83,6 +84,7 @@ class BenchSettings(BaseModel):
     dtype: DType = Field(
         "auto", description="torch numerics (auto: bfloat16 on CPUs with AMX/avx512_bf16, float16 on CUDA)"
     )
+    compiled: bool = Field(False, description="also time torch.compile'd dense and compact (encoder forward units)")
 
     @field_validator("batches", "seqs")
     @classmethod
@@ -108,6 +110,7 @@ class _Case:
     # Dense, float32, torch eager on the same inputs: what a user runs without blockserve. None when
     # `dense` already is that (a float32 torch case).
     reference: Callable[[], object] | None = None
+    compiled: bool = False
 
 
 def _forward_cases(dense, compact, reference, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
@@ -122,6 +125,9 @@ def _forward_cases(dense, compact, reference, plan, settings, batch, seq, sessio
         yield _Case(
             "forward", "torch", batch, seq, 0, ratio, *runners, reference_run if reference is not dense else None
         )
+        if settings.compiled:  # compiled on the first (untimed) warm-up call of each shape
+            runners = [make_runner(_compiled(model), task, inputs, shape) for model in (dense, compact)]
+            yield _Case("forward", "torch", batch, seq, 0, ratio, *runners, reference_run, compiled=True)
     if "onnx" in settings.runtimes:
         feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS}
         dense_session, compact_session = sessions
@@ -129,6 +135,12 @@ def _forward_cases(dense, compact, reference, plan, settings, batch, seq, sessio
             "forward", "onnx", batch, seq, 0, ratio,
             lambda: dense_session.run(None, feeds), lambda: compact_session.run(None, feeds), reference_run,
         )  # fmt: skip
+
+
+def _compiled(model: PreTrainedModel) -> PreTrainedModel:
+    """`torch.compile` with weights frozen into the graph (inference only; the setting is process-wide)."""
+    torch._inductor.config.freezing = True
+    return torch.compile(model)
 
 
 def _generate_cases(dense, compact, reference, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:
@@ -206,7 +218,8 @@ def _time(case: _Case, arch: str, task: str, settings: BenchSettings, params_den
     candidates = {"dense": case.dense, "compact": case.compact}
     if case.reference is not None:
         candidates["reference"] = case.reference
-    timings = time_interleaved(candidates, settings.warmup, settings.repeats, settings.device)
+    warmup = max(settings.warmup, 2) if case.compiled else settings.warmup  # compiling is never timed
+    timings = time_interleaved(candidates, warmup, settings.repeats, settings.device)
     dense, compact = timings["dense"], timings["compact"]
     reference_ms = timings["reference"].median_ms if "reference" in timings else dense.median_ms
     row = BenchRow(
@@ -215,7 +228,7 @@ def _time(case: _Case, arch: str, task: str, settings: BenchSettings, params_den
         speedup=dense.median_ms / compact.median_ms, flops_ratio=case.flops_ratio, params_dense=params_dense,
         params_compact=params_compact, dense_iqr_ms=dense.spread_ms, compact_iqr_ms=compact.spread_ms,
         repeats=settings.repeats, threads=threads, device=settings.device,
-        dtype="float32" if case.runtime == "onnx" else dtype_name(dtype),
+        dtype="float32" if case.runtime == "onnx" else dtype_name(dtype), compiled=case.compiled,
         reference_ms=reference_ms, speedup_vs_reference=reference_ms / compact.median_ms,
     )  # fmt: skip
     log.info("%s %s %s b=%d s=%d: dense %.1f ms, compact %.1f ms, speedup %.2f (FLOPs ratio %s)", arch, row.runtime,
@@ -224,11 +237,11 @@ def _time(case: _Case, arch: str, task: str, settings: BenchSettings, params_den
 
 
 def format_table(rows: list[BenchRow]) -> str:
-    header = f"{'arch':<20} {'runtime':<7} {'dtype':<8} {'unit':<8} {'batch':>5} {'seq':>5} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'vs fp32 dense':>13}"
+    header = f"{'arch':<20} {'runtime':<9} {'dtype':<8} {'unit':<8} {'batch':>5} {'seq':>5} {'dense ms':>10} {'compact ms':>11} {'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'vs fp32 dense':>13}"
     lines = [header, "-" * len(header)]
     for row in rows:
         lines.append(
-            f"{row.arch:<20} {row.runtime:<7} {row.dtype:<8} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
+            f"{row.arch:<20} {row.runtime + ('+c' if row.compiled else ''):<9} {row.dtype:<8} {row.unit:<8} {row.batch:>5} {row.seq:>5} {row.dense_ms:>10.1f} "
             f"{row.compact_ms:>11.1f} {row.speedup:>8.2f} {_number(row.flops_ratio):>11} "
             f"{_number(row.speedup / row.flops_ratio if row.flops_ratio else None):>13} "
             f"{_number(row.speedup_vs_reference):>13}"

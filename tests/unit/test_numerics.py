@@ -94,3 +94,21 @@ def test_latency_tables_are_keyed_by_the_numerics_they_timed():
     fp32, bf16 = table_key(model, settings), table_key(in_dtype(model, torch.bfloat16), settings)
     assert (fp32.dtype, bf16.dtype) == ("float32", "bfloat16") and fp32.digest() != bf16.digest()
     assert TimingOptions(runtime="onnx", dtype="bfloat16").torch_dtype() == torch.float32  # ORT runs the fp32 graph
+
+
+def test_bench_times_compiled_models_beside_eager_ones_without_timing_the_compile():
+    from pruning.core.plan import PruningPlan
+    from pruning.core.structure import geometry_of
+    from pruning.runtime.bench import BenchSettings, benchmark
+
+    model = tiny_bert()
+    plan = PruningPlan.uniform(geometry_of(model.config), 0.5, 0.5)
+    settings = BenchSettings(seqs=(8,), repeats=2, warmup=0, dtype="float32", compiled=True)
+    rows = benchmark(model, plan, "tiny", settings)
+    assert [row.compiled for row in rows] == [False, True]
+    eager, compiled = rows
+    # A compile takes seconds; had it been timed, the compiled medians would dwarf the eager ones.
+    assert compiled.dense_ms < 50 * eager.dense_ms and compiled.compact_ms < 50 * eager.compact_ms
+    assert compiled.reference_ms > 0 and compiled.speedup_vs_reference == pytest.approx(
+        compiled.reference_ms / compiled.compact_ms
+    )
