@@ -77,7 +77,7 @@ bench-align: $(STAMP)
 tune-minilm: $(STAMP)
 	mkdir -p $(NUMERICS)
 	$(BIN)/blockserve tune --model $(SHARED)/models/minilm-l6-squad --data $(SHARED)/data/squad/dev.json \
-		--limit 100000 --seq 384 --batch 1 --repeats 20 --json $(NUMERICS)/minilm-tune.json
+		--limit 100000 --seq 384 --batch 1 --repeats 20 --compiled --json $(NUMERICS)/minilm-tune.json
 
 # On a CUDA machine only (never in CI): bench, latency model and the serving engines in the GPU's numerics,
 # results to benchmarks/gpu/. It needs no Ray and no install of the project (python on the checkout).

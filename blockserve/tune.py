@@ -202,12 +202,12 @@ def _summarization(model, tokenizer, task, examples, candidates, shape, job):
 
 
 def format_report(report: TuneReport) -> str:
-    header = f"{'candidate':<16} {'ms':>9} {'± IQR':>7} {'speedup':>8} {report.candidates[0].metric:>7} {'drop':>6} {'bound':>6}  ok"
+    header = f"{'candidate':<24} {'ms':>9} {'± IQR':>7} {'speedup':>8} {report.candidates[0].metric:>7} {'drop':>6} {'bound':>6}  ok"
     lines = [f"{report.model}: {report.task} at {report.shape}, {report.device}, {report.threads} threads, "
              f"{report.examples} examples of {report.data}", header, "-" * len(header)]  # fmt: skip
     for m in report.candidates:
         lines.append(
-            f"{m.candidate:<16} {m.median_ms:>9.1f} {m.spread_ms:>7.1f} {m.speedup:>7.2f}× {m.score:>7.2f} "
+            f"{m.candidate:<24} {m.median_ms:>9.1f} {m.spread_ms:>7.1f} {m.speedup:>7.2f}× {m.score:>7.2f} "
             f"{m.drop:>+6.2f} {m.tolerance:>6g}  {'yes' if m.passes else 'no'}"
         )
     variant = "\n".join(f"      {key}: {value}" for key, value in report.variant.items())

@@ -260,7 +260,7 @@ def plot_rows(rows: list[BenchRow], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [f"{r.runtime} {r.dtype}/{r.unit}\nb{r.batch} s{r.seq}" for r in rows]
+    labels = [f"{r.runtime}{' compiled' if r.compiled else ''} {r.dtype}\n{r.unit} b{r.batch} s{r.seq}" for r in rows]
     x = np.arange(len(rows))
     references = [r.speedup_vs_reference or 0.0 for r in rows]
     show_reference = any(r.reference_ms is not None and r.reference_ms != r.dense_ms for r in rows)
