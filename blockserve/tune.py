@@ -61,7 +61,7 @@ class TuneJob(BaseModel):
     task_options: TaskOptions = TaskOptions()
 
 
-class Measured(BaseModel):
+class CandidateResult(BaseModel):
     candidate: str
     runtime: str
     dtype: str
@@ -83,7 +83,7 @@ class TuneReport(BaseModel):
     threads: int
     data: str
     examples: int
-    candidates: list[Measured]
+    candidates: list[CandidateResult]
     chosen: str
     why: str
     variant: dict[str, str] = Field(description="the Serve config's variant entry for the chosen candidate")
@@ -95,7 +95,7 @@ def tolerance(candidate: Candidate, job: TuneJob) -> float:
     return job.int8_tolerance if candidate.dtype == "int8" else job.half_tolerance
 
 
-def choose(measured: list[Measured]) -> tuple[Measured, str]:
+def choose(measured: list[CandidateResult]) -> tuple[CandidateResult, str]:
     """The fastest candidate that passes, and a sentence on why (the reference always passes)."""
     passing = [m for m in measured if m.passes]
     best = min(passing, key=lambda m: m.median_ms)
@@ -133,7 +133,7 @@ def tune(job: TuneJob) -> TuneReport:
         drop = reference_score - scores[candidate.name]
         bound = tolerance(candidate, job)
         measured.append(
-            Measured(
+            CandidateResult(
                 candidate=candidate.name,
                 runtime=candidate.runtime,
                 dtype=candidate.dtype,

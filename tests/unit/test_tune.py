@@ -5,16 +5,16 @@ import json
 import pytest
 
 from blockserve.cli import main
-from blockserve.tune import Measured, choose
+from blockserve.tune import CandidateResult, choose
 from pruning.core.task_registry import TASKS
 from pruning.runtime.candidates import REFERENCE, Candidate, available_candidates
 from pruning.runtime.numerics import capabilities
 from service.config import VariantConfig
 
 
-def _measured(name: str, ms: float, drop: float, bound: float) -> Measured:
+def _measured(name: str, ms: float, drop: float, bound: float) -> CandidateResult:
     runtime, dtype = name.split()
-    return Measured(
+    return CandidateResult(
         candidate=name, runtime=runtime, dtype=dtype, median_ms=ms, spread_ms=0.1, speedup=100 / ms, metric="f1",
         score=80 - drop, drop=drop, tolerance=bound, passes=drop <= bound,
     )  # fmt: skip
@@ -107,3 +107,18 @@ def test_compiled_variants_are_torch_qa_only():
         AppConfig.model_validate(
             {"summarize": {"default_variant": "a", "variants": {"a": {"checkpoint": "x", "compiled": True}}}}
         )
+
+
+def test_tune_summarization_scores_rouge_l_with_torch_candidates(summarizer_dir, summaries_file, tmp_path):
+    out = tmp_path / "tune.json"
+    argv = ["tune", "--model", str(summarizer_dir), "--data", str(summaries_file), "--limit", "2", "--seq", "32",
+            "--new-tokens", "2", "--repeats", "1", "--warmup", "0", "--max-source-tokens", "48",
+            "--max-target-tokens", "8", "--num-beams", "1", "--json", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["task"] == "summarization" and report["shape"] == "b1 s32 +2 tokens"
+    assert {m["metric"] for m in report["candidates"]} == {"rougeL"}
+    assert [m["candidate"] for m in report["candidates"]] == [
+        c.name for c in available_candidates(TASKS["summarization"], "cpu")
+    ]
+    assert report["candidates"][0]["drop"] == 0 and report["chosen"] in {m["candidate"] for m in report["candidates"]}
