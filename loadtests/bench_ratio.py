@@ -41,13 +41,13 @@ def bench_variant(
     The plan comes from the service itself; only the baseline's (dense) checkpoint has to be readable
     here, since the bench compacts it to that plan in this process.
     """
-    name = variant.variant
+    name, entry = variant.variant, route_entry(payloads.task)
     if variant.plan is None:
         return BenchSkipped(variant=name, reason="not a compact checkpoint: no plan to bench")
     command = (
         f"blockserve bench --model {variant.checkpoint} --seq {payloads.tokens} --batch 1 "
         f"--runtime {variant.runtime} --dtype {variant.dtype} --threads {variant.threads} --repeats {repeats}"
-        + (f" --new-tokens {payloads.new_tokens or 32}" if route_entry(payloads.task).generates else "")
+        + (f" --new-tokens {payloads.new_tokens or 32}" if entry.generates else "")
     )
     if not Path(baseline.checkpoint).is_dir():
         return BenchSkipped(
@@ -73,7 +73,6 @@ def bench_variant(
     log.info("bench: %s vs plan %s of %s at %d tokens, %d threads", baseline.checkpoint, variant.plan_digest,
              variant.checkpoint, payloads.tokens, variant.threads)  # fmt: skip
     rows = benchmark(dense, variant.plan, Path(variant.checkpoint).name, settings)
-    entry = route_entry(payloads.task)
     row = next(r for r in rows if r.unit == entry.timed_unit)  # the bench unit that is one request's model work
     if variant.source and Path(variant.source).resolve() != Path(baseline.checkpoint).resolve():
         command += f"  (its manifest's source is {variant.source}; here the dense model is {baseline.checkpoint})"

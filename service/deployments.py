@@ -21,7 +21,7 @@ import ray
 from ray import serve
 
 from pruning.artifacts.checkpoint import load_checkpoint
-from pruning.runtime.candidates import Candidate, onnx_forward, qa_forward, torch_forward
+from pruning.runtime.candidates import Candidate, onnx_forward, qa_forward
 from pruning.runtime.numerics import dtype_name, resolve_dtype
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
@@ -134,7 +134,7 @@ class _ModelServer:
     def _dtype_name(self) -> str:
         if self.variant.runtime == "onnx":
             return "int8" if self.variant.dtype == "int8" else "float32"  # the graph's numerics
-        return str(next(self.checkpoint.model.parameters()).dtype).removeprefix("torch.")
+        return dtype_name(next(self.checkpoint.model.parameters()).dtype)
 
     def _threads(self) -> int:
         import torch
@@ -174,11 +174,9 @@ class QAServer(_ModelServer):
         positions = self.checkpoint.model.config.max_position_embeddings
         if self.variant.runtime == "onnx":
             return QAEngine(onnx_forward(self._onnx_session()), self.tokenizer, self.limits, positions)
-        if self.variant.compiled:
-            candidate = Candidate("torch", dtype_name(next(self.checkpoint.model.parameters()).dtype), compiled=True)
-            forward = qa_forward(self.checkpoint.model, candidate, self.checkpoint.directory, self.device)
-            return QAEngine(forward, self.tokenizer, self.limits, positions)
-        return QAEngine(torch_forward(self.checkpoint.model), self.tokenizer, self.limits, positions)
+        candidate = Candidate("torch", self._dtype_name(), compiled=self.variant.compiled)
+        forward = qa_forward(self.checkpoint.model, candidate, self.checkpoint.directory, self.device)
+        return QAEngine(forward, self.tokenizer, self.limits, positions)
 
     def _onnx_session(self):
         """The checkpoint's `model.onnx` if `blockserve export` wrote one, else an export made now."""

@@ -19,7 +19,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pruning.core.options import Flag
-from service.app import read_serve_config
 
 SERVE_PORT = 8000
 
@@ -62,6 +61,10 @@ DEFAULT_CLUSTER = ClusterSpec()
 
 def serve_config_v2(path: str | Path) -> str:
     """The Serve config file as KubeRay's `serveConfigV2` string, after validating it."""
+    # Imported here: service.app imports Ray Serve, and every `blockserve` command imports this module
+    # for `ClusterSpec` (its flags); only rendering a manifest needs the config reader.
+    from service.app import read_serve_config
+
     document, _ = read_serve_config(path)
     kept = {key: document[key] for key in ("proxy_location", "http_options", "applications") if key in document}
     return yaml.safe_dump(kept, sort_keys=False)

@@ -99,19 +99,12 @@ class QAEngine:
     def answer_encoded(self, encoded: list[EncodedQA]) -> list[list[Span]]:
         """The `top_k` best spans of each request (character offsets into its context), best first."""
         windows = [(index, window) for index, request in enumerate(encoded) for window in request.windows]
-        longest = max(len(window.input_ids) for _, window in windows)
-        pad = self.tokenizer.pad_token_id or 0
-
-        def padded(rows: list[list[int]], value: int) -> np.ndarray:
-            return np.array([row + [value] * (longest - len(row)) for row in rows], dtype=np.int64)
-
-        arrays = {
-            "input_ids": padded([w.input_ids for _, w in windows], pad),
-            "attention_mask": padded([[1] * len(w.input_ids) for _, w in windows], 0),
-        }
+        features = {"input_ids": [w.input_ids for _, w in windows]}
         if "token_type_ids" in self.tokenizer.model_input_names:
-            arrays["token_type_ids"] = padded([w.token_type_ids for _, w in windows], 0)
-        start_logits, end_logits = self.forward(arrays)
+            features["token_type_ids"] = [w.token_type_ids for _, w in windows]
+        # Right-padded whatever the tokenizer's default: each window's offsets index its leading positions.
+        padded = self.tokenizer.pad(features, padding_side="right", return_tensors="np")
+        start_logits, end_logits = self.forward({name: array.astype(np.int64) for name, array in padded.items()})
         best: list[dict[tuple[int, int], Span]] = [{} for _ in encoded]
         for row, (index, window) in enumerate(windows):
             for span in candidate_spans(

@@ -80,16 +80,14 @@ class SummarizeEngine:
         groups: dict[tuple[int, int], list[int]] = {}
         for index, request in enumerate(encoded):
             groups.setdefault(self._settings(request.item), []).append(index)
-        pad = self.tokenizer.pad_token_id or 0
         for (max_new_tokens, num_beams), indices in groups.items():
-            longest = max(len(encoded[i].input_ids) for i in indices)
-            # Left as the tokenizer pads (its `padding_side`), on the ids counted against the limit.
-            rows = [self._padded(list(encoded[i].input_ids), longest, pad) for i in indices]
-            input_ids = torch.tensor([ids for ids, _ in rows], device=self.device)
-            attention_mask = torch.tensor([mask for _, mask in rows], device=self.device)
+            # Padded as the tokenizer pads (its `padding_side`), on the ids counted against the limit.
+            inputs = self.tokenizer.pad(
+                {"input_ids": [list(encoded[i].input_ids) for i in indices]}, return_tensors="pt"
+            )
             output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
+                input_ids=inputs["input_ids"].to(self.device),
+                attention_mask=inputs["attention_mask"].to(self.device),
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min(self.generation.min_new_tokens, max_new_tokens),
                 num_beams=num_beams,
@@ -105,9 +103,3 @@ class SummarizeEngine:
                     output_tokens=sum(1 for token in ids if token not in special),
                 )
         return results  # type: ignore[return-value]
-
-    def _padded(self, ids: list[int], length: int, pad: int) -> tuple[list[int], list[int]]:
-        padding = length - len(ids)
-        if self.tokenizer.padding_side == "left":
-            return [pad] * padding + ids, [0] * padding + [1] * len(ids)
-        return ids + [pad] * padding, [1] * len(ids) + [0] * padding

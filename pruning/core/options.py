@@ -251,7 +251,7 @@ def parse_settings(namespace: argparse.Namespace, settings: Any) -> BaseModel:
     members = _members(settings)
     discriminator = _discriminator(settings)
     member = members[0]
-    given_all = {key: value for key, value in vars(namespace).items()}
+    given_all = dict(vars(namespace))
     if discriminator is not None:
         chosen = given_all.get(discriminator)
         by_tag = {get_args(m.model_fields[discriminator].annotation)[0]: m for m in members}

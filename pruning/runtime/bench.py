@@ -30,6 +30,7 @@ from pruning.core.options import Device, Flag
 from pruning.core.plan import PruningPlan
 from pruning.core.structure import Workload, geometry_of, task_of
 from pruning.core.task_registry import onnx_tasks, task_entry
+from pruning.runtime.candidates import compile_frozen
 from pruning.runtime.numerics import DType, dtype_name, in_dtype, resolve_dtype
 from pruning.runtime.runners import Shape, make_runner, random_inputs
 from pruning.runtime.timing import time_interleaved
@@ -126,7 +127,7 @@ def _forward_cases(dense, compact, reference, plan, settings, batch, seq, sessio
             "forward", "torch", batch, seq, 0, ratio, *runners, reference_run if reference is not dense else None
         )
         if settings.compiled:  # compiled on the first (untimed) warm-up call of each shape
-            runners = [make_runner(_compiled(model), task, inputs, shape) for model in (dense, compact)]
+            runners = [make_runner(compile_frozen(model), task, inputs, shape) for model in (dense, compact)]
             yield _Case("forward", "torch", batch, seq, 0, ratio, *runners, reference_run, compiled=True)
     if "onnx" in settings.runtimes:
         feeds = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS}
@@ -135,12 +136,6 @@ def _forward_cases(dense, compact, reference, plan, settings, batch, seq, sessio
             "forward", "onnx", batch, seq, 0, ratio,
             lambda: dense_session.run(None, feeds), lambda: compact_session.run(None, feeds), reference_run,
         )  # fmt: skip
-
-
-def _compiled(model: PreTrainedModel) -> PreTrainedModel:
-    """`torch.compile` with weights frozen into the graph (inference only; the setting is process-wide)."""
-    torch._inductor.config.freezing = True
-    return torch.compile(model)
 
 
 def _generate_cases(dense, compact, reference, plan, settings, batch, seq, sessions, seed) -> Iterable[_Case]:

@@ -104,8 +104,13 @@ def qa_forward(
         session = onnx_session(onnx_graph(model, candidate.dtype, scratch), device, threads, spinning=spinning)
         return onnx_forward(session)
     model = in_dtype(model, getattr(torch, candidate.dtype)).to(device).eval()
-    if candidate.compiled:
-        # Frozen weights let inductor fold them into the kernels (inference only; set for the process).
-        torch._inductor.config.freezing = True
-        model = torch.compile(model)  # a wrapper: the caller's model itself stays eager
-    return torch_forward(model)
+    return torch_forward(compile_frozen(model) if candidate.compiled else model)
+
+
+def compile_frozen(model: PreTrainedModel) -> PreTrainedModel:
+    """`torch.compile` (inductor) with the weights frozen into the graph; a wrapper, `model` stays eager.
+
+    Freezing folds the weights into the kernels: inference only, and inductor's setting is process-wide.
+    """
+    torch._inductor.config.freezing = True
+    return torch.compile(model)

@@ -81,7 +81,8 @@ class EvaluateJob(BaseModel):
 
 def evaluate_checkpoint(job: EvaluateJob) -> Scores:
     """Load the model, read the data in its task's format, and score it; the result also names the data file."""
-    checkpoint = load_checkpoint(job.model, device=job.device, dtype=resolve_dtype(job.dtype, job.device))
+    dtype = resolve_dtype(job.dtype, job.device)
+    checkpoint = load_checkpoint(job.model, device=job.device, dtype=dtype)
     task = make_task(task_of(checkpoint.model), **job.task_options.given())
     examples = task.load(job.data, job.limit)
     log.info("evaluating %s on %d examples of %s", job.model, len(examples), job.data)
@@ -93,6 +94,4 @@ def evaluate_checkpoint(job: EvaluateJob) -> Scores:
         label=str(job.model),
         predictions_path=job.predictions,
     )
-    return result.model_copy(
-        update={"data": str(job.data), "dtype": dtype_name(next(checkpoint.model.parameters()).dtype)}
-    )
+    return result.model_copy(update={"data": str(job.data), "dtype": dtype_name(dtype)})

@@ -42,6 +42,7 @@ from pruning.core.errors import PlanError
 from pruning.core.plan import LayerPlan, PruningPlan, StackPlan
 from pruning.core.structure import Geometry, geometry_of, task_of
 from pruning.core.units import FFN
+from pruning.runtime.numerics import dtype_name
 from pruning.runtime.runners import Shape, TimingOptions, make_runner, random_inputs
 from pruning.runtime.timing import Timing, time_interleaved
 
@@ -179,7 +180,7 @@ def table_key(model: PreTrainedModel, settings: LatencySettings) -> LatencyKey:
         device=device_name(settings.device),
         threads=settings.threads or torch.get_num_threads(),
         runtime=settings.runtime,
-        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        dtype=dtype_name(next(model.parameters()).dtype),
         torch=torch.__version__,
         onnxruntime=onnxruntime_version,
         architecture=geometry.architecture,

@@ -183,11 +183,11 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
     # Timed in the numerics that will serve: the table's key (and so the cache) carries that dtype.
     timed = in_dtype(dense, settings.timing.torch_dtype())
     table, cached = latency_table(timed, latency_settings, job.latency_cache, refresh=job.refresh_latency)
-    del timed
     now = lap("latency_model", now)
 
     budget = settings.latency_ms if settings.latency_ms is not None else table.dense_ms / settings.speedup
-    verified = _search_and_verify(dense, geometry, importance, table, budget, shape, settings)
+    verified = _search_and_verify(dense, geometry, importance, table, budget, shape, settings, timed_dense=timed)
+    del timed  # the timing copy (bf16 here) is not needed by mask tuning and evaluation
     result, compact = verified.result, verified.compact
     now = lap("search_and_measure", now)
 
@@ -241,15 +241,17 @@ class VerifiedPlan:
 
 
 def _search_and_verify(
-    dense, geometry, importance, table: LatencyTable, budget: float, shape: Shape, settings: PosttrainSettings
-):
+    dense, geometry, importance, table: LatencyTable, budget: float, shape: Shape, settings: PosttrainSettings,
+    timed_dense=None,
+):  # fmt: skip
     """Search, compact and measure; if the measured speed misses the budget, correct and search again.
 
     The latency model predicts from per-layer curves measured minutes earlier on a shared machine;
     the chosen plan itself is then timed against the dense model. When its measured compact/dense
     ratio is off the asked one by more than `tolerance`, the budget given to the search is scaled by
     predicted/measured for that plan — the table's error for plans like it — and the search runs
-    again (at most `corrections` times). Every attempt is recorded in the manifest.
+    again (at most `corrections` times). Every attempt is recorded in the manifest. `timed_dense` is
+    the dense model already in the timed numerics (the latency table's copy), so it is not cast again.
     """
     target_ratio = budget / table.dense_ms
     search_budget = budget
@@ -257,7 +259,7 @@ def _search_and_verify(
     for attempt in range(settings.corrections + 1):
         result = search_plan(geometry, importance, table, search_budget, align=settings.align)
         compact = compact_model(copy.deepcopy(dense), result.plan).eval()
-        dense_ms, compact_ms = measure_speedup(dense, compact, shape, settings)
+        dense_ms, compact_ms = measure_speedup(dense if timed_dense is None else timed_dense, compact, shape, settings)
         measured_ratio = compact_ms / dense_ms
         predicted_ratio = result.predicted_ms / table.dense_ms
         attempts.append(
