@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-qa-bf16 posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm bench-int8 gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-qa-bf16 posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -78,6 +78,12 @@ tune-minilm: $(STAMP)
 	mkdir -p $(NUMERICS)
 	$(BIN)/blockserve tune --model $(SHARED)/models/minilm-l6-squad --data $(SHARED)/data/squad/dev.json \
 		--limit 100000 --seq 384 --batch 1 --repeats 20 --compiled --json $(NUMERICS)/minilm-tune.json
+
+# Which int8 recipe keeps the fp32 answers of the shared MiniLM, and at what speed (~3 minutes).
+bench-int8: $(STAMP)
+	mkdir -p $(NUMERICS)
+	$(BIN)/python benchmarks/int8_recipes.py --model $(SHARED)/models/minilm-l6-squad \
+		--data $(SHARED)/data/squad/dev.json --questions 200 --out $(NUMERICS)/int8-recipes.json
 
 # On a CUDA machine only (never in CI): bench, latency model and the serving engines in the GPU's numerics,
 # results to benchmarks/gpu/. It needs no Ray and no install of the project (python on the checkout).
