@@ -170,7 +170,7 @@ posttrain-qa: $(STAMP)
 	done; \
 		name=minilm-fisher-$$speedup-no-tune; \
 		$(BIN)/blockserve prune --method posttrain --model $(MINILM) --calib $(SQUAD)/train.json \
-			--eval $(SQUAD)/dev.json --speedup $$speedup --no-tune $(PT_SHAPE) --out $(PT_OUT)/$$name; \
+			--eval $(SQUAD)/dev.json --speedup $$speedup --reconstruct none $(PT_SHAPE) --out $(PT_OUT)/$$name; \
 		cp $(PT_OUT)/$$name/blockserve.json $(POSTTRAIN)/$$name-manifest.json; \
 	done
 	$(BIN)/python benchmarks/posttrain_table.py $(POSTTRAIN)

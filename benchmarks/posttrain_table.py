@@ -35,7 +35,7 @@ class Run:
 
     @property
     def importance(self) -> str:
-        return self.method.importance + ("" if self.method.mask_tuning.enabled else ", no tuning")
+        return self.method.importance + ("" if self.method.reconstruction.mode != "none" else ", no tuning")
 
     @property
     def bench(self) -> float | None:
@@ -86,7 +86,7 @@ def markdown(runs: list[Run], latency: dict | None) -> str:
         off = f"{bench / run.budget - 1:+.1%}" if bench else "—"
         bench_text = f"{bench:.2f}×" if bench else "—"
         attempts = ", ".join(f"{a.predicted_speedup:.2f}→{a.measured_speedup:.2f}" for a in method.measured.attempts)
-        tuning = method.mask_tuning
+        tuning = method.reconstruction
         reduction = f"−{1 - tuning.error_after / tuning.error_before:.0%}" if tuning.error_before else "off"
         encoder = run.manifest.plan.summary()["encoder"]
         lines.append(

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pruning.core.task_registry import ROUTES
 from pruning.runtime.numerics import DType
+from service.batcher import BatchPolicy
 
 
 class Strict(BaseModel):
@@ -23,11 +24,26 @@ class Strict(BaseModel):
 class BatchingConfig(Strict):
     """Dynamic batching of one deployment (sent as `user_config`: changes apply without restarts)."""
 
-    max_batch_size: int = Field(8, ge=1, le=256, description="requests (QA: windows) per model call")
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=5.0, description="how long a batch waits to fill")
+    max_batch_size: int = Field(8, ge=1, le=256, description="requests per model call")
     max_batch_tokens: int = Field(
-        4096, ge=16, description="token budget per batch, so one long input does not pad a whole batch"
+        4096, ge=16, description="padded-token budget per batch, so one long input does not pad a whole batch"
     )
+    max_wait_ms: float = Field(
+        0.0, ge=0.0, le=5000.0,
+        description="wait this long for a batch to fill (0: an idle model runs what is queued at once)",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ray_batch_timeout(cls, data: object) -> object:
+        """`batch_wait_timeout_s` (the `@serve.batch` knob, in seconds) is read as `max_wait_ms`."""
+        if isinstance(data, dict) and "batch_wait_timeout_s" in data:
+            data = dict(data)
+            data.setdefault("max_wait_ms", 1000.0 * float(data.pop("batch_wait_timeout_s")))
+        return data
+
+    def policy(self) -> BatchPolicy:
+        return BatchPolicy(self.max_batch_size, self.max_batch_tokens, self.max_wait_ms / 1000.0)
 
 
 class AutoscalingConfig(Strict):

@@ -1,20 +1,19 @@
 """Model deployments: one Ray Serve deployment per (task, variant), with dynamic batching.
 
 Each replica loads its checkpoint through `pruning.load_checkpoint` (dense or compact), warms up, and
-serves `__call__(request) -> Outcome`. Requests queue in `@serve.batch`; a batch closes when it holds
-`max_batch_size` requests, when its padded token count would pass `max_batch_tokens` (so one long
-input does not pad a batch of short ones), or after `batch_wait_timeout_s`. Both knobs arrive in
-`user_config` and change without a restart.
+serves `__call__(request) -> Outcome`. Requests queue in the replica's `service.batcher.Batcher`: when
+the model is free it runs what is queued, up to `max_batch_size` requests and `max_batch_tokens`
+padded tokens, so an idle replica never waits for company (`max_wait_ms` adds a fill wait, 0 by
+default). The knobs arrive in `user_config` and change without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -23,6 +22,7 @@ from ray import serve
 from pruning.artifacts.checkpoint import load_checkpoint
 from pruning.runtime.candidates import Candidate, onnx_forward, qa_forward
 from pruning.runtime.numerics import dtype_name, resolve_dtype
+from service.batcher import Batcher, BatchRun
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
@@ -43,21 +43,6 @@ class Outcome:
     result: Any = None
     error: str = ""
     model_seconds: float = 0.0
-
-
-@dataclass
-class _Queued:
-    payload: Any
-    tokens: int
-    unit: int  # batch cost of one request: max_batch_tokens / max_batch_size
-    arrived: float = field(default_factory=time.perf_counter)
-
-
-def _padded_cost(items: list[_Queued]) -> int:
-    """Batch cost in tokens: a request costs at least `unit` (the count limit) and the batch pads to its longest."""
-    if not items:
-        return 0
-    return len(items) * max(max(item.tokens for item in items), items[0].unit)
 
 
 def resolve_device(device: str) -> str:
@@ -88,6 +73,7 @@ class _ModelServer:
         self.checkpoint = load_checkpoint(self.variant.checkpoint, device=self.device, dtype=dtype)
         self.tokenizer = self.checkpoint.tokenizer()
         self.batching = BatchingConfig()
+        self.batcher = Batcher(self._run_batch, self.batching.policy())
         self.collector = _metrics_collector()
         self.engine = self._build_engine()
         self._warm_up()
@@ -100,8 +86,7 @@ class _ModelServer:
 
     def reconfigure(self, user_config: dict) -> None:
         self.batching = BatchingConfig.model_validate(user_config or {})
-        self.run_batch.set_max_batch_size(self.batching.max_batch_tokens)
-        self.run_batch.set_batch_wait_timeout_s(self.batching.batch_wait_timeout_s)
+        self.batcher.reconfigure(self.batching.policy())
         log.info("%s/%s batching: %s", self.task, self.variant_name, self.batching)
 
     def check_health(self) -> None:
@@ -149,18 +134,19 @@ class _ModelServer:
             return Outcome(413, error=str(error))
         except SettingsTooHigh as error:
             return Outcome(422, error=str(error))
-        unit = math.ceil(self.batching.max_batch_tokens / self.batching.max_batch_size)
-        return await self.run_batch(_Queued(prepared, tokens, unit))
+        return await self.batcher.submit(prepared, tokens)
 
-    async def _batch(self, items: list[_Queued], infer) -> list[Outcome]:
-        started = time.perf_counter()
+    def infer(self, payloads: list) -> list:
+        raise NotImplementedError
+
+    async def _run_batch(self, run: BatchRun) -> list[Outcome]:
         # The model runs in a thread so the replica's event loop keeps accepting requests meanwhile.
-        results = await asyncio.to_thread(infer, [item.payload for item in items])
-        seconds = time.perf_counter() - started
+        results = await asyncio.to_thread(self.infer, run.payloads)
+        seconds = time.perf_counter() - run.started
         self.collector.observe_batch.remote(
             BatchObservation(
-                self.task, self.variant_name, len(items), seconds,
-                [started - item.arrived for item in items], [item.tokens for item in items],
+                self.task, self.variant_name, len(run.payloads), seconds,
+                [run.started - arrived for arrived in run.arrived], run.tokens,
             )
         )  # fmt: skip
         return [Outcome(200, result=result, model_seconds=seconds) for result in results]
@@ -204,9 +190,8 @@ class QAServer(_ModelServer):
         encoded = self.engine.encode(payload)
         return encoded, encoded.tokens
 
-    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
-    async def run_batch(self, items: list[_Queued]) -> list[Outcome]:
-        return await self._batch(items, self.engine.answer_encoded)
+    def infer(self, payloads: list[EncodedQA]) -> list:
+        return self.engine.answer_encoded(payloads)
 
 
 @serve.deployment
@@ -223,9 +208,8 @@ class SummarizeServer(_ModelServer):
         encoded = self.engine.encode(payload)
         return encoded, encoded.tokens
 
-    @serve.batch(max_batch_size=4096, batch_wait_timeout_s=0.01, batch_size_fn=_padded_cost)
-    async def run_batch(self, items: list[_Queued]) -> list[Outcome]:
-        return await self._batch(items, self.engine.summarize_encoded)
+    def infer(self, payloads: list[EncodedSummary]) -> list:
+        return self.engine.summarize_encoded(payloads)
 
 
 @ray.remote(num_cpus=0)

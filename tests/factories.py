@@ -57,9 +57,11 @@ def train_bpe_tokenizer(vocab_size: int = 400) -> PreTrainedTokenizerFast:
     return local_init.train_bpe_tokenizer(_summarization_text(), vocab_size)
 
 
-def tiny_bert(vocab_size: int = 300, layers: int = 3, seed: int = 0) -> BertForQuestionAnswering:
+def tiny_bert(vocab_size: int = 300, layers: int = 3, seed: int = 0, dropout: float = 0.1) -> BertForQuestionAnswering:
     torch.manual_seed(seed)
     config = BertConfig(
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
         vocab_size=vocab_size,
         hidden_size=32,
         num_hidden_layers=layers,

@@ -145,15 +145,30 @@ class Measured(Record):
     attempts: list[Attempt]
 
 
-class MaskTuningRecord(Record):
-    enabled: bool
+class ReconstructionRecord(Record):
+    """How the pruned layers were refit to the dense ones (`pruning.methods.posttrain.reconstruction`)."""
+
+    mode: Literal["weights", "scales", "none"]
     features: int
     ridge: float
+    weight_ridge: float | None = None  # `weights` only
     groups: int
     groups_improved: int
     error_before: float
     error_after: float
     per_group: list[dict[str, Any]]
+
+
+class RecoveryRecord(Record):
+    """Distillation of the compact model from the dense one after pruning (`--recover-steps/-minutes`)."""
+
+    steps: int
+    seconds: float
+    features: int
+    distill_loss_first: float | None = None  # mean over the first logged interval
+    distill_loss_last: float | None = None  # mean over the last one
+    eval_metric: str | None = None  # the task's headline metric, scored during recovery
+    eval_history: list[float] = Field(default_factory=list)
 
 
 class PosttrainMethod(Record):
@@ -168,9 +183,21 @@ class PosttrainMethod(Record):
     budget: Budget
     predicted: Predicted
     measured: Measured
-    mask_tuning: MaskTuningRecord
+    reconstruction: ReconstructionRecord
+    recovery: RecoveryRecord | None = None
     seconds: dict[str, float] = Field(description="wall time of each phase")
     settings: dict[str, Any] = Field(description="the post-training settings as run")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_v1_mask_tuning(cls, data: Any) -> Any:
+        """Manifests before reconstruction had `mask_tuning` (`enabled`: scales, or nothing)."""
+        if isinstance(data, dict) and "mask_tuning" in data:
+            data = dict(data)
+            old = dict(data.pop("mask_tuning"))
+            old["mode"] = "scales" if old.pop("enabled") else "none"
+            data["reconstruction"] = old
+        return data
 
 
 MethodRecord = Annotated[MovementMethod | PosttrainMethod | PlanFileMethod | UniformMethod, Field(discriminator="name")]

@@ -157,6 +157,7 @@ class Trainer:
         pruner: MovementPruner | None = None,
         eval_examples: list | None = None,
         stage: str = "train",
+        identity: dict[str, Any] | None = None,
     ) -> None:
         if not features:
             raise TrainingError("no training features")
@@ -166,6 +167,7 @@ class Trainer:
         self.teacher, self.pruner = teacher, pruner
         self.eval_examples = eval_examples or []
         self.stage = stage
+        self.identity = identity or {}  # what else a resumable state must match (e.g. the plan's digest)
         self.total_steps = settings.total_steps(len(features))
         self.eval_every = settings.eval_every or max(1, self.total_steps // 4)
         self.optimizer = _optimizer(model, settings, pruner)
@@ -187,6 +189,7 @@ class Trainer:
             "total_steps": self.total_steps,
             "features": len(self.features),
             "settings": self.settings.model_dump(),
+            **({"identity": self.identity} if self.identity else {}),
         }
 
     def save_state(self) -> None:
@@ -251,7 +254,8 @@ class Trainer:
         with (self.workdir / HISTORY_NAME).open("a") as out:
             out.write(json.dumps(entry) + "\n")
 
-    def train(self, resume: bool = False) -> TrainResult:
+    def train(self, resume: bool = False, deadline: float | None = None) -> TrainResult:
+        """Run to `total_steps`, or until `time.perf_counter()` passes `deadline` (a time budget)."""
         if resume:
             self.load_state()
         device = next(self.model.parameters()).device
@@ -262,6 +266,11 @@ class Trainer:
         running: dict[str, float] = {}
         progress = tqdm(total=self.total_steps, initial=self.step, desc=self.stage, unit="step")
         while self.step < self.total_steps:
+            if deadline is not None and time.perf_counter() > deadline:
+                log.info("%s: time budget spent at step %d of %d", self.stage, self.step, self.total_steps)
+                if self.eval_examples and (not self.history or self.history[-1].get("step") != self.step):
+                    self._evaluate_and_log()
+                break
             if self.pruner is not None:
                 self.pruner.update(self.step)
             indices = _batch_indices(self.step, len(self.features), self.settings.batch_size, self.settings.seed)

@@ -21,7 +21,7 @@ def serve_config(dense_bert_dir, tmp_path_factory):
     config = load_checkpoint(dense_bert_dir).model.config
     pruned = root / "qa-pruned"
     compact_checkpoint(dense_bert_dir, PruningPlan.uniform(geometry_of(config), 0.5, 0.5), pruned)
-    variant = {"num_cpus": 0.25, "threads": 1, "batching": {"max_batch_size": 4, "batch_wait_timeout_s": 0.005}}
+    variant = {"num_cpus": 0.25, "threads": 1, "batching": {"max_batch_size": 4, "max_wait_ms": 0}}
     args = {
         "qa": {
             "default_variant": "pruned",

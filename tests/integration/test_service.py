@@ -31,7 +31,7 @@ def _compact(dense_dir, out):
 @pytest.fixture(scope="module")
 def app_config(dense_bert_dir, summarizer_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("zoo")
-    variant = {"num_cpus": 0.1, "batching": {"max_batch_size": 8, "batch_wait_timeout_s": 0.2}}
+    variant = {"num_cpus": 0.1, "batching": {"max_batch_size": 8, "max_wait_ms": 200}}
     qa_limits = {"window_tokens": 48, "window_stride": 16, "max_question_tokens": 16, "max_input_tokens": 1000}
     return {
         "qa": {
@@ -177,7 +177,7 @@ def tight(served, summarizer_dir):
     from service.app import build_app
 
     variant = {"checkpoint": str(summarizer_dir), "num_cpus": 0.1, "max_queued_requests": 1,
-               "batching": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}  # fmt: skip
+               "batching": {"max_batch_size": 1, "max_wait_ms": 0}}  # fmt: skip
     config = {
         "summarize": {
             "default_variant": "queue",
@@ -229,8 +229,8 @@ def test_new_batching_knobs_reach_the_replicas(served):
     assert before["batching"]["max_batch_size"] == 8
     changed = {**served, "qa": {**served["qa"], "variants": {**served["qa"]["variants"]}}}
     changed["qa"]["variants"]["dense"] = {**served["qa"]["variants"]["dense"],
-                                          "batching": {"max_batch_size": 2, "batch_wait_timeout_s": 0.05}}  # fmt: skip
+                                          "batching": {"max_batch_size": 2, "max_wait_ms": 50}}  # fmt: skip
     serve.run(build_app(changed), name="blockserve", route_prefix="/")
     after = qa_dense()
-    assert after["batching"]["max_batch_size"] == 2 and after["batching"]["batch_wait_timeout_s"] == 0.05
+    assert after["batching"]["max_batch_size"] == 2 and after["batching"]["max_wait_ms"] == 50
     serve.run(build_app(served), name="blockserve", route_prefix="/")  # back to the module's config

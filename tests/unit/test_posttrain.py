@@ -30,8 +30,8 @@ from pruning.methods.posttrain.latency_model import (
     table_key,
 )
 from pruning.methods.posttrain.pipeline import PosttrainJob, PosttrainSettings, prune_posttrain
+from pruning.methods.posttrain.reconstruction import _accumulate, reconstruct, solve_scales
 from pruning.methods.posttrain.search import search_plan
-from pruning.methods.posttrain.tuning import _accumulate, solve_scales, tune_masks
 from pruning.runtime.numerics import dtype_name, resolve_dtype
 from pruning.runtime.runners import Shape, TimingOptions
 from pruning.tasks import make_task
@@ -309,7 +309,7 @@ def test_mask_tuning_never_increases_reconstruction_error(qa_setup, wordpiece_to
     )
     compact = compact_model(copy.deepcopy(dense), plan).eval()
     untuned = copy.deepcopy(compact)
-    reports = tune_masks(compact, dense, task, tokenizer, features[:8], progress=False)
+    reports = reconstruct(compact, dense, task, tokenizer, features[:8], mode="scales", progress=False)
     assert len(reports) == 6
     assert all(r.error_after <= r.error_before for r in reports)
     assert any(r.error_after < 0.9 * r.error_before for r in reports)
@@ -367,9 +367,9 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     speedup = _reachable_speedup(dense_bert_dir, Shape(1, 128), tmp_path / "cache")
     argv = ["prune", "--method", "posttrain", "--model", str(dense_bert_dir), "--calib", str(squad_file),
             "--eval", str(squad_file), "--speedup", f"{speedup:.6f}", "--seq", "128", "--repeats", "3", "--calib-samples", "8",
-            "--tune-samples", "4", "--latency-cache", str(tmp_path / "cache"), "--max-length", "48",
+            "--reconstruct-samples", "4", "--latency-cache", str(tmp_path / "cache"), "--max-length", "48",
             "--stride", "16", "--max-noise", str(TINY_NOISE), "--out", str(out)]  # fmt: skip
-    assert main(argv) == 0
+    assert main([*argv, "--recover-steps", "2"]) == 0
     printed = capsys.readouterr().out
     assert "measured speedup" in printed and "predicted" in printed
     manifest = json.loads((out / "blockserve.json").read_text())
@@ -383,8 +383,10 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     assert 1 <= len(attempts) <= 3 and attempts[0]["search_budget_ms"] == method["budget"]["latency_ms"]
     assert attempts[-1]["measured_speedup"] == method["measured"]["speedup"]
     assert method["measured"]["dense_ms"] > 0 and method["measured"]["compact_ms"] > 0
-    assert method["mask_tuning"]["groups"] > 0
-    assert {"importance", "latency_model", "mask_tuning", "total_pruning"} <= set(method["seconds"])
+    assert method["reconstruction"]["groups"] > 0 and method["reconstruction"]["mode"] == "weights"
+    assert method["recovery"]["steps"] == 2 and method["recovery"]["distill_loss_last"] is not None
+    assert {"importance", "latency_model", "reconstruction", "recovery", "total_pruning"} <= set(method["seconds"])
+    assert (out / "recovery" / "recovery.png").stat().st_size > 0
     assert {"dense", "pruned"} <= set(manifest["evaluation"])
     assert (out / "posttrain.png").stat().st_size > 0 and (out / "latency_model.json").is_file()
     loaded = load_checkpoint(out)
@@ -392,7 +394,7 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     assert loaded.is_compact and (summary.heads_kept < 12 or summary.ffn_units_kept < 192)
     assert loaded.manifest.method.measured.speedup == method["measured"]["speedup"]  # the typed record reads it back
     # The second run on the same device and shape reuses the latency model.
-    assert main([*argv[:-1], str(tmp_path / "again"), "--importance", "magnitude"]) == 0
+    assert main([*argv[:-1], str(tmp_path / "again"), "--importance", "magnitude", "--reconstruct", "scales"]) == 0
     again = json.loads((tmp_path / "again" / "blockserve.json").read_text())["method"]
     assert again["predicted"]["latency_model"]["cached"] is True
 
@@ -449,7 +451,7 @@ def test_posttrain_bart_prunes_encoder_and_decoder_to_a_generate_budget(summariz
     speedup = _reachable_speedup(summarizer_dir, Shape(1, 64, 4), tmp_path)
     settings = PosttrainSettings(
         speedup=speedup, timing=TimingOptions(seq=64, new_tokens=4, repeats=3, max_noise=TINY_NOISE),
-        calib_samples=4, tune_samples=2,
+        calib_samples=4, reconstruct_samples=2,
         task_options=TaskOptions(max_source_tokens=48, max_target_tokens=16, num_beams=1),
     )  # fmt: skip
     job = PosttrainJob(

@@ -5,8 +5,9 @@
    (`pruning.methods.posttrain.latency_model`); the budget is `dense / speedup` or an absolute `latency_ms`.
 3. Search: per-layer counts maximising kept importance with predicted latency ≤ budget
    (`pruning.methods.posttrain.search`); compaction to that plan.
-4. Mask tuning: least-squares rescaling of the kept units against the dense layer outputs
-   (`pruning.methods.posttrain.tuning`). No gradient training anywhere.
+4. Reconstruction: least-squares refit of each pruned layer's projection weights (or only scales of
+   the kept units) against the dense layer outputs (`pruning.methods.posttrain.reconstruction`).
+   Optionally, 4b. recovery: a short distillation from the dense model (`...posttrain.recovery`).
 5. Measure dense vs compact latency at the budget's shape (same process, same inputs, interleaved),
    optionally evaluate both, and write format v1 whose `method` records the budget, predicted and
    measured latency, and the time each phase took.
@@ -34,10 +35,10 @@ from pruning.artifacts.records import (
     Budget,
     Evaluation,
     LatencyModelUse,
-    MaskTuningRecord,
     Measured,
     PosttrainMethod,
     Predicted,
+    ReconstructionRecord,
 )
 from pruning.core.errors import CheckpointError
 from pruning.core.options import ExistingFile, Flag, ModelReference
@@ -45,8 +46,9 @@ from pruning.core.plan import Alignment
 from pruning.core.structure import geometry_of, task_of
 from pruning.methods.posttrain.importance import compute_importance
 from pruning.methods.posttrain.latency_model import LatencySettings, LatencyTable, latency_table
+from pruning.methods.posttrain.reconstruction import Reconstruct, reconstruct
+from pruning.methods.posttrain.recovery import RecoverySettings, recover
 from pruning.methods.posttrain.search import SearchResult, search_plan
-from pruning.methods.posttrain.tuning import tune_masks
 from pruning.runtime.numerics import in_dtype
 from pruning.runtime.runners import Shape, TimingOptions, make_runner, random_inputs
 from pruning.runtime.timing import time_interleaved
@@ -79,9 +81,17 @@ class PosttrainSettings(BaseModel):
         None, gt=0.0, le=1e7, description="budget: this many milliseconds per request"
     )
     calib_samples: Annotated[int, _posttrain()] = Field(512, ge=1, le=10**7, description="calibration examples")
-    tune: Annotated[bool, _posttrain()] = Field(True, description="mask tuning by least squares")
-    tune_samples: Annotated[int, _posttrain()] = Field(64, ge=1, le=10**6, description="features used by mask tuning")
-    ridge: Annotated[float, _posttrain()] = Field(1e-2, gt=0.0, le=1e6, description="mask tuning: pull towards 1")
+    reconstruct: Annotated[Reconstruct, _posttrain()] = Field(
+        "weights", description="refit pruned layers: kept weights and biases, kept-unit scales, or nothing"
+    )
+    reconstruct_samples: Annotated[int, _posttrain()] = Field(
+        512, ge=1, le=10**6, description="calibration features used by reconstruction"
+    )
+    ridge: Annotated[float, _posttrain()] = Field(1e-2, gt=0.0, le=1e6, description="scales: pull towards 1")
+    weight_ridge: Annotated[float, _posttrain()] = Field(
+        0.1, gt=0.0, le=1e6, description="weights: pull towards the scaled weights (× mean Gram diagonal)"
+    )
+    recovery: RecoverySettings = RecoverySettings()
     timing: TimingOptions = TimingOptions()
     align: Annotated[Alignment, _posttrain()] = 1
     corrections: Annotated[int, _posttrain()] = Field(
@@ -93,6 +103,18 @@ class PosttrainSettings(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
     eval_limit: int | None = Field(None, ge=1, description="use only the first N eval examples")
     task_options: TaskOptions = TaskOptions()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _before_reconstruction(cls, data: object) -> object:
+        """Settings recorded before reconstruction: `tune` (scales or nothing), `tune_samples`."""
+        if isinstance(data, dict) and ("tune" in data or "tune_samples" in data):
+            data = dict(data)
+            if "tune" in data:
+                data["reconstruct"] = "scales" if data.pop("tune") else "none"
+            if "tune_samples" in data:
+                data["reconstruct_samples"] = data.pop("tune_samples")
+        return data
 
     @model_validator(mode="after")
     def _one_budget(self) -> PosttrainSettings:
@@ -116,6 +138,9 @@ class PosttrainJob(BaseModel):
     )
     refresh_latency: Annotated[bool, _posttrain(switch=True)] = Field(
         False, description="re-measure even if a cached model exists"
+    )
+    resume: Annotated[bool, _posttrain(switch=True)] = Field(
+        False, description="continue an interrupted recovery of the same plan from OUT/recovery"
     )
     posttrain: PosttrainSettings
 
@@ -191,23 +216,45 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
     result, compact = verified.result, verified.compact
     now = lap("search_and_measure", now)
 
-    tuning = []
-    if settings.tune:  # same shapes, same speed: tuned once, after the plan is settled
-        tuning = tune_masks(compact, dense, task, tokenizer, features[: settings.tune_samples], ridge=settings.ridge)
-    now = lap("mask_tuning", now)
+    # Same shapes, same speed: refit once, after the plan is settled.
+    tuning = reconstruct(
+        compact, dense, task, tokenizer, features[: settings.reconstruct_samples], mode=settings.reconstruct,
+        ridge=settings.ridge, weight_ridge=settings.weight_ridge,
+    )  # fmt: skip
+    now = lap("reconstruction", now)
     seconds["total_pruning"] = round(now - started, 1)
+
+    recovery = None
+    if settings.recovery.enabled:
+        recovery = _recover(job, task, tokenizer, dense, compact, result.plan)
+        now = lap("recovery", now)
 
     evaluation = Evaluation()
     if job.eval is not None:
         evaluation = _evaluate(job, task, tokenizer, dense, compact)
         lap("evaluation", now)
 
-    method = _method_record(job, len(examples), len(features), verified, table, cached, tuning, seconds)
+    method = _method_record(job, len(examples), len(features), verified, table, cached, tuning, recovery, seconds)
     manifest = save_compact(
         compact, result.plan, out_dir, source=str(model_dir), tokenizer=tokenizer, method=method, evaluation=evaluation
     )
     _write_side_files(job, importance, table, result)
     return manifest
+
+
+def _recover(job: PosttrainJob, task, tokenizer, dense, compact, plan):
+    """Distil `compact` in place from `dense` on the calibration file's examples (more of them than
+    calibration itself reads), scoring a few eval examples along the way when there is eval data."""
+    settings = job.posttrain
+    examples = task.load(job.calib, settings.recovery.recover_samples)
+    features = task.train_features(tokenizer, examples)
+    log.info("recovery: %d examples → %d features", len(examples), len(features))
+    eval_examples = task.load(job.eval, min(settings.eval_limit or 200, 200)) if job.eval is not None else None
+    return recover(
+        compact, dense, task, tokenizer, features, settings.recovery, job.out / "recovery",
+        identity={"plan": plan.digest(), "model": str(job.model)}, seed=settings.seed,
+        eval_examples=eval_examples, resume=job.resume,
+    )  # fmt: skip
 
 
 def _evaluate(job: PosttrainJob, task, tokenizer, dense: PreTrainedModel, compact: PreTrainedModel) -> Evaluation:
@@ -295,6 +342,7 @@ def _method_record(
     table: LatencyTable,
     cached: bool,
     tuning: list,
+    recovery,
     seconds: dict[str, float],
 ) -> PosttrainMethod:
     settings, result = job.posttrain, verified.result
@@ -333,16 +381,18 @@ def _method_record(
             speedup=round(verified.dense_ms / verified.compact_ms, 4),
             attempts=verified.attempts,
         ),
-        mask_tuning=MaskTuningRecord(
-            enabled=settings.tune,
-            features=min(settings.tune_samples, calib_features) if settings.tune else 0,
+        reconstruction=ReconstructionRecord(
+            mode=settings.reconstruct,
+            features=min(settings.reconstruct_samples, calib_features) if settings.reconstruct != "none" else 0,
             ridge=settings.ridge,
+            weight_ridge=settings.weight_ridge if settings.reconstruct == "weights" else None,
             groups=len(tuning),
             groups_improved=len(improved),
             error_before=round(sum(t.error_before for t in tuning), 6),
             error_after=round(sum(t.error_after for t in tuning), 6),
             per_group=[t.model_dump() for t in tuning],
         ),
+        recovery=recovery,
         seconds=seconds,
         settings=job.model_dump(mode="json"),
     )

@@ -1,0 +1,165 @@
+"""Dynamic batching that never waits when the model is idle.
+
+One queue and one worker per replica. Whenever the model is free, the worker takes what is queued,
+front first, up to `max_batch_size` requests and `max_batch_tokens` padded tokens (a batch pads to its
+longest request, so one long input does not pad a batch of short ones), and runs it. Requests that
+arrive while it runs form the next batch: batches grow only under load, and a lone request on an idle
+replica runs at once. (Ray Serve's `@serve.batch` instead waits `batch_wait_timeout_s` from the first
+request even when nothing else is coming.) `max_wait_s` > 0 restores a short fill wait, for GPUs where
+a fuller batch is worth a few milliseconds; it is 0 by default.
+
+A request whose deadline passes while queued, or whose caller has gone (its future cancelled), is
+dropped before it costs model time. The clock and the sleep are injectable, so tests drive time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+P = TypeVar("P")  # what a request carries to the model
+R = TypeVar("R")  # what the model returns per request
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before the model could start it."""
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    max_batch_size: int = 8
+    max_batch_tokens: int = 4096
+    max_wait_s: float = 0.0
+
+
+@dataclass
+class Pending(Generic[P, R]):
+    payload: P
+    tokens: int
+    arrived: float
+    deadline: float | None
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass(frozen=True)
+class BatchRun(Generic[P]):
+    """One model call: the payloads, and when each request waited from (for the queue-wait metric)."""
+
+    payloads: list[P]
+    tokens: list[int]
+    arrived: list[float]
+    started: float
+
+
+class Batcher(Generic[P, R]):
+    """`await submit(payload, tokens)` → the model's result for it, batched with whatever else is queued."""
+
+    def __init__(
+        self,
+        run: Callable[[BatchRun[P]], Awaitable[list[R]]],
+        policy: BatchPolicy = BatchPolicy(),
+        clock: Callable[[], float] = time.perf_counter,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._run, self.policy, self._clock, self._sleep = run, policy, clock, sleep
+        self._queue: deque[Pending[P, R]] = deque()
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task | None = None
+        self.batches = 0
+
+    def reconfigure(self, policy: BatchPolicy) -> None:
+        """Applies from the next batch on; nothing queued is lost."""
+        self.policy = policy
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_tokens(self) -> int:
+        return sum(item.tokens for item in self._queue)
+
+    async def submit(self, payload: P, tokens: int, timeout_s: float | None = None) -> R:
+        now = self._clock()
+        future = asyncio.get_running_loop().create_future()
+        deadline = None if timeout_s is None else now + timeout_s
+        self._queue.append(Pending(payload, max(int(tokens), 1), now, deadline, future))
+        self._ensure_worker()
+        self._wake.set()
+        return await future
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+
+    def _take(self) -> list[Pending[P, R]]:
+        """Front of the queue that fits both budgets (always at least one request); expired ones dropped."""
+        now, batch, longest = self._clock(), [], 0
+        while self._queue:
+            item = self._queue[0]
+            if item.future.done():  # the caller gave up (cancelled): no model time for it
+                self._queue.popleft()
+                continue
+            if item.deadline is not None and now > item.deadline:
+                self._queue.popleft()
+                item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
+                continue
+            padded = (len(batch) + 1) * max(longest, item.tokens)
+            if batch and (len(batch) >= self.policy.max_batch_size or padded > self.policy.max_batch_tokens):
+                break
+            batch.append(self._queue.popleft())
+            longest = max(longest, item.tokens)
+        return batch
+
+    def _full(self) -> bool:
+        longest = max((item.tokens for item in self._queue), default=0)
+        return (
+            len(self._queue) >= self.policy.max_batch_size or len(self._queue) * longest >= self.policy.max_batch_tokens
+        )
+
+    def _fill_wait(self) -> float:
+        """Seconds still to wait for the batch to fill: 0 unless `max_wait_s` is set and it is not full."""
+        if self.policy.max_wait_s <= 0 or self._full():
+            return 0.0
+        return max(0.0, self._queue[0].arrived + self.policy.max_wait_s - self._clock())
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            remaining = self._fill_wait()
+            if remaining > 0:  # only with max_wait_s > 0: until it fills, or the oldest has waited enough
+                self._wake.clear()
+                waiters = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(self._sleep(remaining))]
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in waiters:
+                    waiter.cancel()
+                continue
+            batch = self._take()
+            if not batch:
+                continue
+            run = BatchRun(
+                [i.payload for i in batch], [i.tokens for i in batch], [i.arrived for i in batch], self._clock()
+            )
+            self.batches += 1
+            try:
+                results = await self._run(run)
+            except Exception as error:  # the batch's callers get the error; the worker keeps serving
+                log.exception("batch of %d failed", len(batch))
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(error)
+                continue
+            for item, result in zip(batch, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)

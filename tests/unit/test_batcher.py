@@ -1,0 +1,171 @@
+"""The replica batcher, with a fake model and a clock the test moves (no timing, no Ray)."""
+
+import asyncio
+
+import pytest
+
+from service.batcher import Batcher, BatchPolicy, BatchRun, DeadlineExceeded
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+class FakeModel:
+    """Records every batch; `hold` keeps the model busy until the test releases it."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock, self.runs = clock, []
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.started = asyncio.Event()
+        self.fail = False
+
+    async def __call__(self, run: BatchRun) -> list[str]:
+        self.runs.append((self.clock(), list(run.payloads)))
+        self.started.set()
+        await self.hold.wait()
+        if self.fail:
+            raise RuntimeError("model broke")
+        return [f"answer {p}" for p in run.payloads]
+
+
+def _setup(**policy):
+    clock = Clock()
+    model = FakeModel(clock)
+    return clock, model, Batcher(model, BatchPolicy(**policy), clock=clock, sleep=clock.sleep)
+
+
+async def _settle():
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_an_idle_replica_runs_a_lone_request_at_once():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=8)
+        clock.now = 5.0
+        assert await batcher.submit("q", tokens=10) == "answer q"
+        assert model.runs == [(5.0, ["q"])] and clock.sleeps == []  # no timer at all
+
+    asyncio.run(scenario())
+
+
+def test_requests_arriving_during_a_run_form_the_next_batches_up_to_the_count():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=3)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("a", 10))
+        await model.started.wait()
+        later = [asyncio.ensure_future(batcher.submit(name, 10)) for name in "bcdef"]
+        await _settle()
+        assert [payloads for _, payloads in model.runs] == [["a"]]  # still running the first
+        model.hold.set()
+        results = await asyncio.gather(first, *later)
+        assert results == [f"answer {n}" for n in "abcdef"]
+        assert [payloads for _, payloads in model.runs] == [["a"], ["b", "c", "d"], ["e", "f"]]
+
+    asyncio.run(scenario())
+
+
+def test_the_token_budget_splits_batches_by_padded_length():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=8, max_batch_tokens=400)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("x", 10))
+        await model.started.wait()
+        # 2 × 100 fits; adding 300 pads all three to 900 > 400; 300 alone runs (a request always runs).
+        rest = [asyncio.ensure_future(batcher.submit(n, t)) for n, t in (("a", 100), ("b", 100), ("c", 300), ("d", 50))]
+        await _settle()
+        model.hold.set()
+        await asyncio.gather(first, *rest)
+        assert [payloads for _, payloads in model.runs] == [["x"], ["a", "b"], ["c"], ["d"]]
+
+    asyncio.run(scenario())
+
+
+def test_a_deadline_passed_in_the_queue_fails_without_model_time():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=8)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("a", 10))
+        await model.started.wait()
+        late = asyncio.ensure_future(batcher.submit("late", 10, timeout_s=1.0))
+        in_time = asyncio.ensure_future(batcher.submit("ok", 10, timeout_s=5.0))
+        await _settle()
+        clock.now += 2.0  # the model took 2 s on "a"
+        model.hold.set()
+        assert await first == "answer a" and await in_time == "answer ok"
+        with pytest.raises(DeadlineExceeded):
+            await late
+        assert all("late" not in payloads for _, payloads in model.runs)
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_costs_no_model_time():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=8)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("a", 10))
+        await model.started.wait()
+        gone = asyncio.ensure_future(batcher.submit("gone", 10))
+        stays = asyncio.ensure_future(batcher.submit("stays", 10))
+        await _settle()
+        gone.cancel()
+        model.hold.set()
+        await asyncio.gather(first, stays)
+        assert [payloads for _, payloads in model.runs] == [["a"], ["stays"]]
+
+    asyncio.run(scenario())
+
+
+def test_reconfiguration_applies_to_the_next_batch_and_loses_nothing():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=1)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("a", 10))
+        await model.started.wait()
+        rest = [asyncio.ensure_future(batcher.submit(n, 10)) for n in "bcde"]
+        await _settle()
+        batcher.reconfigure(BatchPolicy(max_batch_size=4))
+        model.hold.set()
+        await asyncio.gather(first, *rest)
+        assert [payloads for _, payloads in model.runs] == [["a"], ["b", "c", "d", "e"]]
+
+    asyncio.run(scenario())
+
+
+def test_an_optional_fill_wait_waits_for_a_lone_request_but_not_for_a_full_batch():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=2, max_wait_s=0.005)
+        assert await batcher.submit("alone", 10) == "answer alone"
+        assert model.runs == [(pytest.approx(0.005), ["alone"])]
+        start = clock.now
+        pair = await asyncio.gather(batcher.submit("a", 10), batcher.submit("b", 10))
+        assert pair == ["answer a", "answer b"]
+        assert model.runs[-1] == (start, ["a", "b"])  # full: no wait
+
+    asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=8)
+        model.fail = True
+        with pytest.raises(RuntimeError, match="model broke"):
+            await batcher.submit("a", 10)
+        model.fail = False
+        assert await batcher.submit("b", 10) == "answer b"
+
+    asyncio.run(scenario())
