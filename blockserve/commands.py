@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -114,6 +114,9 @@ class DemoJob(Job):
     )
     sum_model: ModelReference | None = Field(
         None, description="dense summarization checkpoint or hub id (default: BART-base, random)"
+    )
+    qa_method: Literal["posttrain", "uniform"] = Field(
+        "posttrain", description="how a real QA model is pruned: post-training to 1.5×, or the uniform plan"
     )
     zoo: Path = Field(Path("artifacts/zoo"), description="where the zoo is built or reused")
     once: Annotated[bool, Flag(switch=True)] = Field(
@@ -332,7 +335,8 @@ def run_tune(job) -> None:
 def run_demo(job: DemoJob) -> None:
     from blockserve.demo import run_demo as demo
 
-    demo(job.zoo, job.qa_model, job.sum_model, once=job.once, port=job.port, repeats=job.repeats)
+    demo(job.zoo, job.qa_model, job.sum_model, once=job.once, port=job.port, repeats=job.repeats,
+         qa_method=job.qa_method)  # fmt: skip
 
 
 def run_loadtest(job) -> None:

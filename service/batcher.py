@@ -9,7 +9,11 @@ request even when nothing else is coming.) `max_wait_s` > 0 restores a short fil
 a fuller batch is worth a few milliseconds; it is 0 by default.
 
 A request whose deadline passes while queued, or whose caller has gone (its future cancelled), is
-dropped before it costs model time. The clock and the sleep are injectable, so tests drive time.
+dropped before it costs model time. Admission: with `max_queue_wait_s`, a request is refused at once
+(`Overloaded`, with the expected wait) when the work ahead of it — queued padded tokens plus what is
+left of the running batch — divided by the replica's measured throughput (padded tokens per second,
+a moving average over batches) exceeds it. Until a batch has been measured, everything is admitted.
+The clock and the sleep are injectable, so tests drive time.
 """
 
 from __future__ import annotations
@@ -32,11 +36,20 @@ class DeadlineExceeded(Exception):
     """The request's deadline passed before the model could start it."""
 
 
+class Overloaded(Exception):
+    """Admission refused: the expected queue wait is over the limit (`retry_after_s`: that wait)."""
+
+    def __init__(self, expected_wait_s: float, limit_s: float) -> None:
+        super().__init__(f"expected queue wait {expected_wait_s:.2f} s is over the {limit_s:g} s limit")
+        self.retry_after_s = expected_wait_s
+
+
 @dataclass(frozen=True)
 class BatchPolicy:
     max_batch_size: int = 8
     max_batch_tokens: int = 4096
     max_wait_s: float = 0.0
+    max_queue_wait_s: float | None = None  # admission limit; None admits everything
 
 
 @dataclass
@@ -73,6 +86,30 @@ class Batcher(Generic[P, R]):
         self._wake = asyncio.Event()
         self._worker: asyncio.Task | None = None
         self.batches = 0
+        self.tokens_per_s: float | None = None  # measured throughput, padded tokens per second
+        self._running: tuple[int, float] | None = None  # (padded tokens, started) of the batch on the model
+
+    def observe_throughput(self, padded_tokens: int, seconds: float, weight: float = 0.3) -> None:
+        """Fold one batch's measured speed into the moving average admission uses."""
+        if seconds <= 0:
+            return
+        rate = padded_tokens / seconds
+        self.tokens_per_s = rate if self.tokens_per_s is None else (1 - weight) * self.tokens_per_s + weight * rate
+
+    def expected_wait_s(self) -> float | None:
+        """Seconds a request arriving now would queue: the work ahead ÷ the measured throughput."""
+        if not self.tokens_per_s:
+            return None
+        ahead = self._padded(list(self._queue))
+        left = 0.0
+        if self._running is not None:
+            tokens, started = self._running
+            left = max(0.0, tokens / self.tokens_per_s - (self._clock() - started))
+        return ahead / self.tokens_per_s + left
+
+    @staticmethod
+    def _padded(items: list) -> int:
+        return len(items) * max((item.tokens for item in items), default=0)
 
     def reconfigure(self, policy: BatchPolicy) -> None:
         """Applies from the next batch on; nothing queued is lost."""
@@ -88,6 +125,13 @@ class Batcher(Generic[P, R]):
         return sum(item.tokens for item in self._queue)
 
     async def submit(self, payload: P, tokens: int, timeout_s: float | None = None) -> R:
+        """The model's result; raises `Overloaded` at once when admission refuses, `DeadlineExceeded`
+        when `timeout_s` passes before the request's batch starts."""
+        limit = self.policy.max_queue_wait_s
+        if limit is not None:
+            wait = self.expected_wait_s()
+            if wait is not None and wait > limit:
+                raise Overloaded(wait, limit)
         now = self._clock()
         future = asyncio.get_running_loop().create_future()
         deadline = None if timeout_s is None else now + timeout_s
@@ -152,14 +196,19 @@ class Batcher(Generic[P, R]):
                 [i.payload for i in batch], [i.tokens for i in batch], [i.arrived for i in batch], self._clock()
             )
             self.batches += 1
+            padded = self._padded(batch)
+            self._running = (padded, run.started)
             try:
                 results = await self._run(run)
+                self.observe_throughput(padded, self._clock() - run.started)
             except Exception as error:  # the batch's callers get the error; the worker keeps serving
                 log.exception("batch of %d failed", len(batch))
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(error)
                 continue
+            finally:
+                self._running = None
             for item, result in zip(batch, results, strict=True):
                 if not item.future.done():
                     item.future.set_result(result)

@@ -32,6 +32,11 @@ class BatchingConfig(Strict):
         0.0, ge=0.0, le=5000.0,
         description="wait this long for a batch to fill (0: an idle model runs what is queued at once)",
     )  # fmt: skip
+    max_queue_wait_s: float | None = Field(
+        None, gt=0.0, le=3600.0,
+        description="admission: refuse (503 + Retry-After) when the expected queue wait is longer "
+        "(default: half the task's request_timeout_s)",
+    )  # fmt: skip
 
     @model_validator(mode="before")
     @classmethod
@@ -42,8 +47,10 @@ class BatchingConfig(Strict):
             data.setdefault("max_wait_ms", 1000.0 * float(data.pop("batch_wait_timeout_s")))
         return data
 
-    def policy(self) -> BatchPolicy:
-        return BatchPolicy(self.max_batch_size, self.max_batch_tokens, self.max_wait_ms / 1000.0)
+    def policy(self, request_timeout_s: float = 30.0) -> BatchPolicy:
+        """The batcher's policy; admission waits at most half the deadline unless configured."""
+        admission = self.max_queue_wait_s if self.max_queue_wait_s is not None else request_timeout_s / 2
+        return BatchPolicy(self.max_batch_size, self.max_batch_tokens, self.max_wait_ms / 1000.0, admission)
 
 
 class AutoscalingConfig(Strict):
@@ -104,6 +111,14 @@ class LimitsConfig(Strict):
         return self
 
 
+class ShadowConfig(Strict):
+    """Re-run a sample of this variant's requests on a reference variant, off the response path."""
+
+    fraction: float = Field(gt=0.0, le=1.0, description="share of this variant's requests re-run on `against`")
+    against: str = Field(description="the reference variant (e.g. dense), of the same task")
+    max_in_flight: int = Field(2, ge=1, le=1024, description="shadow requests at once; beyond it samples are dropped")
+
+
 class VariantConfig(Strict):
     """One model variant of a task (e.g. `dense`, `pruned`): one Ray Serve deployment."""
 
@@ -134,6 +149,7 @@ class VariantConfig(Strict):
     # it restarts replicas, while batching knobs must change in place.
     max_ongoing_requests: int = Field(32, ge=1, description="requests a replica holds at once (≥ max_batch_size)")
     batching: BatchingConfig = BatchingConfig()
+    shadow: ShadowConfig | None = None
 
     @model_validator(mode="after")
     def _numerics_of_the_runtime(self) -> VariantConfig:
@@ -174,6 +190,28 @@ class TaskConfig(Strict):
     generation: GenerationConfig = GenerationConfig()
 
     @model_validator(mode="after")
+    def _shadows_exist(self) -> TaskConfig:
+        for name, variant in self.variants.items():
+            if variant.shadow is not None and variant.shadow.against not in self.variants:
+                raise ValueError(
+                    f"variants.{name}.shadow.against: {variant.shadow.against!r} is not a variant of this task"
+                )
+            if variant.shadow is not None and variant.shadow.against == name:
+                raise ValueError(f"variants.{name}.shadow.against: a variant cannot shadow itself")
+        return self
+
+    @model_validator(mode="after")
+    def _admission_below_the_deadline(self) -> TaskConfig:
+        for name, variant in self.variants.items():
+            wait = variant.batching.max_queue_wait_s
+            if wait is not None and wait >= self.limits.request_timeout_s:
+                raise ValueError(
+                    f"variants.{name}.batching.max_queue_wait_s ({wait:g}) must be below "
+                    f"limits.request_timeout_s ({self.limits.request_timeout_s:g}): admitted requests must be answerable"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _default_exists(self) -> TaskConfig:
         if self.default_variant not in self.variants:
             raise ValueError(f"default_variant {self.default_variant!r} is not one of {sorted(self.variants)}")
@@ -185,6 +223,9 @@ class AppConfig(Strict):
 
     qa: TaskConfig | None = None
     summarize: TaskConfig | None = None
+    max_request_bytes: int = Field(
+        1_000_000, ge=1024, le=10**9, description="request bodies over this get 413 before they are parsed"
+    )
 
     @model_validator(mode="after")
     def _some_task(self) -> AppConfig:

@@ -22,7 +22,7 @@ from ray import serve
 from pruning.artifacts.checkpoint import load_checkpoint
 from pruning.runtime.candidates import Candidate, onnx_forward, qa_forward
 from pruning.runtime.numerics import dtype_name, resolve_dtype
-from service.batcher import Batcher, BatchRun
+from service.batcher import Batcher, BatchRun, Overloaded
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
@@ -43,6 +43,7 @@ class Outcome:
     result: Any = None
     error: str = ""
     model_seconds: float = 0.0
+    retry_after_s: float | None = None  # 503s: when to come back
 
 
 def resolve_device(device: str) -> str:
@@ -73,7 +74,7 @@ class _ModelServer:
         self.checkpoint = load_checkpoint(self.variant.checkpoint, device=self.device, dtype=dtype)
         self.tokenizer = self.checkpoint.tokenizer()
         self.batching = BatchingConfig()
-        self.batcher = Batcher(self._run_batch, self.batching.policy())
+        self.batcher = Batcher(self._run_batch, self.batching.policy(self.limits.request_timeout_s))
         self.collector = _metrics_collector()
         self.engine = self._build_engine()
         self._warm_up()
@@ -86,7 +87,7 @@ class _ModelServer:
 
     def reconfigure(self, user_config: dict) -> None:
         self.batching = BatchingConfig.model_validate(user_config or {})
-        self.batcher.reconfigure(self.batching.policy())
+        self.batcher.reconfigure(self.batching.policy(self.limits.request_timeout_s))
         log.info("%s/%s batching: %s", self.task, self.variant_name, self.batching)
 
     def check_health(self) -> None:
@@ -134,7 +135,15 @@ class _ModelServer:
             return Outcome(413, error=str(error))
         except SettingsTooHigh as error:
             return Outcome(422, error=str(error))
-        return await self.batcher.submit(prepared, tokens)
+        try:
+            return await self.batcher.submit(prepared, tokens)
+        except Overloaded as refused:
+            self.collector.reject.remote(self.task, self.variant_name, "overloaded")
+            return Outcome(
+                503,
+                error=f"variant {self.variant_name!r} is overloaded: {refused}",
+                retry_after_s=refused.retry_after_s,
+            )
 
     def infer(self, payloads: list) -> list:
         raise NotImplementedError
@@ -229,6 +238,12 @@ class MetricsCollector:
 
     def reject(self, task: str, variant: str, reason: str) -> None:
         self.metrics.reject(task, variant, reason)
+
+    def observe_shadow(self, task: str, variant: str, against: str, scores: dict[str, float]) -> None:
+        self.metrics.observe_shadow(task, variant, against, scores)
+
+    def drop_shadow(self, task: str, variant: str, reason: str) -> None:
+        self.metrics.drop_shadow(task, variant, reason)
 
     def render(self) -> bytes:
         return self.metrics.render()

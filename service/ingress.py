@@ -8,14 +8,19 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 """
 
 import asyncio
+import copy
+import math
+import random
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from service.config import AppConfig
@@ -30,6 +35,7 @@ from service.schemas import (
     SummarizeResponse,
     VariantInfo,
 )
+from service.shadow import COMPARE
 from service.summarize_engine import SummaryInput
 
 api = FastAPI(
@@ -52,6 +58,61 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
+# Ray Serve runs a copy of `api` in the ingress replica, so what the replica's config decides (the body
+# limit, the schema's bounds) is read from this module's state, set by `Ingress.__init__` in that process.
+_SERVED: dict[str, Any] = {}
+
+
+def _served_openapi() -> dict:
+    if "openapi" not in _SERVED:
+        schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
+        config = _SERVED.get("config")
+        if config is None:
+            return schema  # not serving (e.g. documentation built offline): the static schema
+        _SERVED["openapi"] = with_config_bounds(schema, config)
+    return _SERVED["openapi"]
+
+
+api.openapi = _served_openapi
+
+
+@api.middleware("http")
+async def _body_size_limit(request: Request, call_next):
+    """413 before parsing for a body over the limit, by its Content-Length (a chunked body without one
+    is read, then measured: Starlette replays it to the route)."""
+    config = _SERVED.get("config")
+    limit = config.max_request_bytes if config is not None else None
+    if limit is not None and request.method in ("POST", "PUT", "PATCH"):
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _error(413, f"request body of {declared} bytes is over the {limit} byte limit")
+        if declared is None and len(await request.body()) > limit:
+            return _error(413, f"request body is over the {limit} byte limit")
+    return await call_next(request)
+
+
+def with_config_bounds(schema: dict, config: AppConfig) -> dict:
+    """The OpenAPI schema with the bounds the running config sets on request fields, so a client (or a
+    fuzzer) that follows the schema never gets a 422 for a value the schema allowed."""
+    schema = copy.deepcopy(schema)
+    components = schema["components"]["schemas"]
+    for model, task in (("QARequest", config.qa), ("SummarizeRequest", config.summarize)):
+        if task is not None and model in components:  # the variants this server has, by name
+            field = components[model]["properties"]["variant"]
+            for option in field.get("anyOf", [field]):
+                if option.get("type") == "string":
+                    option["enum"] = sorted(task.variants)
+    if config.summarize is not None:
+        fields = schema["components"]["schemas"]["SummarizeRequest"]["properties"]
+        for name, bound in (("num_beams", config.summarize.generation.num_beams),
+                            ("max_new_tokens", config.summarize.generation.max_new_tokens)):  # fmt: skip
+            for option in fields[name].get("anyOf", [fields[name]]):
+                if option.get("type") == "integer":
+                    option["maximum"] = bound
+            fields[name]["description"] = f"{fields[name].get('description', '')} (this server: at most {bound})"
+    return schema
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
@@ -59,6 +120,9 @@ class Ingress:
         self.config = AppConfig.model_validate(config)
         self.servers = servers  # route → variant → DeploymentHandle
         self.collector = _metrics_collector()
+        self._shadows: dict[tuple[str, str], int] = {}  # (route, variant) → shadow requests in flight
+        self._random = random.Random()
+        _SERVED["config"] = self.config
 
     async def _call(self, route: str, variant: str | None, payload: Any) -> tuple[str, Outcome | JSONResponse]:
         task = self.config.tasks()[route]
@@ -66,20 +130,27 @@ class Ingress:
         if name not in self.servers[route]:
             known = ", ".join(sorted(self.servers[route]))
             return name, _error(404, f"unknown variant {name!r} for /v1/{route} (configured: {known})")
-        response = self.servers[route][name].remote(payload)
+        deadline = time.perf_counter() + task.limits.request_timeout_s
+        for attempt in range(2):  # inference is idempotent: a request whose replica died is retried once
+            response = self.servers[route][name].remote(payload)
 
-        async def result() -> Outcome:
-            return await response
+            async def result(response=response) -> Outcome:
+                return await response
 
-        try:
-            return name, await asyncio.wait_for(result(), timeout=task.limits.request_timeout_s)
-        except TimeoutError:
-            response.cancel()
-            self.collector.reject.remote(route, name, "deadline")
-            return name, _error(504, f"no answer within the {task.limits.request_timeout_s:g} s deadline")
-        except BackPressureError:
-            self.collector.reject.remote(route, name, "queue_full")
-            return name, _error(503, f"variant {name!r} is at capacity; retry shortly", **{"Retry-After": "1"})
+            try:
+                remaining = max(0.001, deadline - time.perf_counter())
+                return name, await asyncio.wait_for(result(), timeout=remaining)
+            except TimeoutError:
+                response.cancel()
+                self.collector.reject.remote(route, name, "deadline")
+                return name, _error(504, f"no answer within the {task.limits.request_timeout_s:g} s deadline")
+            except BackPressureError:
+                self.collector.reject.remote(route, name, "queue_full")
+                return name, _error(503, f"variant {name!r} is at capacity; retry shortly", **{"Retry-After": "1"})
+            except RayActorError:  # the replica died or became unreachable mid-request
+                self.collector.reject.remote(route, name, "replica_failed" if attempt else "replica_retried")
+        message = f"variant {name!r} lost its replica twice while serving this request; retry shortly"
+        return name, _error(503, message, **{"Retry-After": "1"})
 
     def _finish(self, route: str, variant: str, status: int, started: float) -> float:
         seconds = time.perf_counter() - started
@@ -93,11 +164,42 @@ class Ingress:
         if isinstance(outcome, JSONResponse):
             status, response = outcome.status_code, outcome
         elif outcome.status != 200:
-            status, response = outcome.status, _error(outcome.status, outcome.error)
+            headers = (
+                {} if outcome.retry_after_s is None else {"Retry-After": str(max(1, math.ceil(outcome.retry_after_s)))}
+            )
+            status, response = outcome.status, _error(outcome.status, outcome.error, **headers)
         else:
             status, response = 200, None
         seconds = self._finish(route, name, status, started)
-        return response if response is not None else (name, outcome, seconds)
+        if response is None:
+            self._maybe_shadow(route, name, payload, outcome)
+            return name, outcome, seconds
+        return response
+
+    def _maybe_shadow(self, route: str, name: str, payload: Any, outcome: Outcome) -> None:
+        """Sample this answered request for a shadow comparison; the task runs after the response."""
+        shadow = self.config.tasks()[route].variants[name].shadow
+        if shadow is None or self._random.random() >= shadow.fraction:
+            return
+        key = (route, name)
+        if self._shadows.get(key, 0) >= shadow.max_in_flight:  # load first: shadows are the first to go
+            self.collector.drop_shadow.remote(route, name, "in_flight_cap")
+            return
+        self._shadows[key] = self._shadows.get(key, 0) + 1
+        asyncio.get_running_loop().create_task(self._shadow(route, name, shadow.against, payload, outcome))
+
+    async def _shadow(self, route: str, name: str, against: str, payload: Any, primary: Outcome) -> None:
+        try:
+            reference = await self.servers[route][against].remote(payload)
+            if reference.status != 200:
+                self.collector.drop_shadow.remote(route, name, "reference_refused")
+                return
+            scores = COMPARE[route](payload, primary.result, reference.result)
+            self.collector.observe_shadow.remote(route, name, against, scores)
+        except Exception:  # noqa: BLE001 - a shadow must never surface: count it and move on
+            self.collector.drop_shadow.remote(route, name, "error")
+        finally:
+            self._shadows[(route, name)] -= 1
 
     @api.post("/v1/qa", response_model=QAResponse, responses=ERRORS)
     async def qa(self, body: QARequest):
@@ -109,10 +211,12 @@ class Ingress:
             Answer(answer=body.context[s.start : s.end], score=s.score, start=s.start, end=s.end)
             for s in outcome.result
         ]
-        best = answers[0] if answers else Answer(answer="", score=float("-inf"), start=0, end=0)
+        best = answers[0] if answers else None  # no span fits (e.g. a context of only punctuation)
         return QAResponse(
             variant=variant, model=self.config.qa.variants[variant].checkpoint, latency_ms=1000 * seconds,
-            inference_ms=1000 * outcome.model_seconds, answer=best.answer, score=best.score, start=best.start, end=best.end, answers=answers,
+            inference_ms=1000 * outcome.model_seconds, answer=best.answer if best else "",
+            score=best.score if best else None, start=best.start if best else 0, end=best.end if best else 0,
+            answers=answers,
         )  # fmt: skip
 
     @api.post("/v1/summarize", response_model=SummarizeResponse, responses=ERRORS)
@@ -150,6 +254,11 @@ class Ingress:
             return _error(503, f"not ready: {error}", **{"Retry-After": "5"})
         return {"status": "ready"}
 
-    @api.get("/metrics")
+    @api.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+                         "description": "Prometheus text exposition format"}},
+    )  # fmt: skip
     async def metrics(self) -> Response:
         return Response(await self.collector.render.remote(), media_type=CONTENT_TYPE_LATEST)

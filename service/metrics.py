@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from service.shadow import AGREEMENT_BUCKETS
+
 # Seconds, 1 ms to 30 s (a pruned BERT window on GPU up to a long beam search on CPU), at most 12.5 %
 # apart: `histogram_quantile` interpolates inside a bucket, so a quantile is only as exact as its
 # bucket is narrow, and the claim this service exists to prove is a ratio of two quantiles (with
@@ -71,6 +73,22 @@ class ServiceMetrics:
             "blockserve_rejected", "Requests refused before inference, by reason", (*LABELS, "reason"),
             registry=self.registry,
         )  # fmt: skip
+
+        self.shadow_agreement = Histogram(
+            "blockserve_shadow_agreement", "Per-request agreement of a variant with its shadow reference (0-1)",
+            (*LABELS, "against", "metric"), buckets=AGREEMENT_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.shadow_dropped = Counter(
+            "blockserve_shadow_dropped", "Sampled shadow comparisons not made, by reason", (*LABELS, "reason"),
+            registry=self.registry,
+        )  # fmt: skip
+
+    def observe_shadow(self, task: str, variant: str, against: str, scores: dict[str, float]) -> None:
+        for metric, value in scores.items():
+            self.shadow_agreement.labels(task, variant, against, metric).observe(value)
+
+    def drop_shadow(self, task: str, variant: str, reason: str) -> None:
+        self.shadow_dropped.labels(task, variant, reason).inc()
 
     def observe_batch(self, batch: BatchObservation) -> None:
         labels = (batch.task, batch.variant)

@@ -36,8 +36,8 @@ class Served(BaseModel):
 
 
 class QAResponse(Served):
-    answer: str
-    score: float
+    answer: str = Field(description="the best span; empty when the context holds no possible span")
+    score: float | None = Field(description="start + end logit of the best span; null when there is no span")
     start: int
     end: int
     answers: list[Answer] = Field(description="top_k answers, best first (the first is the one above)")

@@ -1,6 +1,7 @@
 """A real Ray Serve application on localhost with tiny local models: every route and error code."""
 
 import asyncio
+import time
 
 import httpx
 import pytest
@@ -55,6 +56,7 @@ def app_config(dense_bert_dir, summarizer_dir, tmp_path_factory):
             "limits": {"max_input_tokens": 120},
             "generation": {"num_beams": 2, "max_new_tokens": 8},
         },
+        "max_request_bytes": 20_000,
     }
 
 
@@ -234,3 +236,164 @@ def test_new_batching_knobs_reach_the_replicas(served):
     after = qa_dense()
     assert after["batching"]["max_batch_size"] == 2 and after["batching"]["max_wait_ms"] == 50
     serve.run(build_app(served), name="blockserve", route_prefix="/")  # back to the module's config
+
+
+def test_a_body_over_the_size_limit_is_413_before_parsing(served):
+    response = httpx.post(f"{URL}/v1/qa", content=b"{" + b" " * 30_000 + b"}", timeout=30,
+                          headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 413 and "20000 byte limit" in response.json()["error"]
+
+
+def test_the_served_schema_carries_the_configs_bounds(served):
+    schema = httpx.get(f"{URL}/openapi.json").json()
+    beams = schema["components"]["schemas"]["SummarizeRequest"]["properties"]["num_beams"]
+    assert any(option.get("maximum") == 2 for option in beams["anyOf"])
+    score = schema["components"]["schemas"]["QAResponse"]["properties"]["score"]
+    assert {"type": "null"} in score["anyOf"]
+    assert "text/plain" in str(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"])
+
+
+def test_the_api_contract_holds_under_schemathesis_with_all_checks(served):
+    """Generated requests against the real service; every check schemathesis has, 0 failures."""
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import checks
+
+    checks.load_all_checks()
+    every_check = checks.CHECKS.get_all()
+    schema = schemathesis.openapi.from_url(f"{URL}/openapi.json")
+    failures = []
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/qa", "POST /v1/summarize", "GET /metrics"}
+    for operation in operations:
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        def check(case, operation=operation):
+            case.call_and_validate(base_url=URL, checks=every_check, timeout=60)
+
+        try:
+            check()
+        except Exception as error:  # collect every operation's failure, then report them together
+            failures.append(f"{operation.label}: {error}"[:1500])
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture(scope="module")
+def admission(served, summarizer_dir):
+    """An application whose variant refuses when more than 50 ms of work is queued."""
+    from ray import serve
+
+    from service.app import build_app
+
+    variant = {"checkpoint": str(summarizer_dir), "num_cpus": 0.1, "max_ongoing_requests": 64,
+               "batching": {"max_batch_size": 1, "max_queue_wait_s": 0.05}}  # fmt: skip
+    config = {"summarize": {"default_variant": "only", "variants": {"only": variant},
+                            "generation": {"num_beams": 2, "max_new_tokens": 16, "no_repeat_ngram_size": 0}}}  # fmt: skip
+    serve.run(build_app(config), name="admission", route_prefix="/admission")
+    yield
+    serve.delete("admission")
+
+
+def test_overload_is_refused_at_once_with_a_retry_after_from_the_queue(admission):
+    body = {"text": _CORPUS[0] + " " + _CORPUS[3], "max_new_tokens": 16}
+    assert httpx.post(f"{URL}/admission/v1/summarize", json=body, timeout=60).status_code == 200  # measured now
+
+    async def flood():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{URL}/admission/v1/summarize", json=body) for _ in range(16)))
+
+    responses = asyncio.run(flood())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert "overloaded" in refused.json()["error"] and int(refused.headers["Retry-After"]) >= 1
+    text = httpx.get(f"{URL}/metrics").text
+    assert 'reason="overloaded"' in text
+
+
+@pytest.fixture(scope="module")
+def fragile(served, summarizer_dir):
+    """Two replicas of one variant, so one can be killed while the other serves."""
+    from ray import serve
+
+    from service.app import build_app
+
+    variant = {"checkpoint": str(summarizer_dir), "num_cpus": 0.1, "replicas": 2,
+               "batching": {"max_batch_size": 2}}  # fmt: skip
+    config = {"summarize": {"default_variant": "only", "variants": {"only": variant},
+                            "generation": {"num_beams": 1, "max_new_tokens": 8}}}  # fmt: skip
+    serve.run(build_app(config), name="fragile", route_prefix="/fragile")
+    yield
+    serve.delete("fragile")
+
+
+def test_a_replica_killed_under_load_gives_no_500_and_the_service_recovers(fragile):
+    import os
+    import signal
+
+    body = {"text": _CORPUS[1], "max_new_tokens": 8}
+    pids = set()
+    for _ in range(20):  # find both replicas' processes
+        pids.add(next(m for m in httpx.get(f"{URL}/fragile/v1/models").json())["replica_pid"])
+        if len(pids) == 2:
+            break
+
+    async def load():
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def worker():
+                return [(await client.post(f"{URL}/fragile/v1/summarize", json=body)).status_code for _ in range(10)]
+
+            async def killer():
+                await asyncio.sleep(0.5)
+                os.kill(sorted(pids)[0], signal.SIGKILL)
+
+            results = await asyncio.gather(*(worker() for _ in range(4)), killer())
+            return [status for statuses in results[:4] for status in statuses]
+
+    statuses = asyncio.run(load())
+    assert len(statuses) == 40 and set(statuses) <= {200, 503}, statuses  # every request answered or refused
+    for _ in range(60):  # Serve restarts the replica; the service answers without a restart of ours
+        if httpx.post(f"{URL}/fragile/v1/summarize", json=body, timeout=60).status_code == 200:
+            break
+    else:
+        raise AssertionError("no 200 after the replica was killed")
+
+
+@pytest.fixture(scope="module")
+def shadowed(served, dense_bert_dir):
+    """QA where the 'pruned' variant is the dense checkpoint itself, shadowed against dense on every request."""
+    from ray import serve
+
+    from service.app import build_app
+
+    base = {"checkpoint": str(dense_bert_dir), "num_cpus": 0.1}
+    config = {"qa": {
+        "default_variant": "same",
+        "variants": {"dense": base, "same": {**base, "shadow": {"fraction": 1.0, "against": "dense", "max_in_flight": 64}}},
+        "limits": served["qa"]["limits"],
+    }}  # fmt: skip
+    serve.run(build_app(config), name="shadowed", route_prefix="/shadowed")
+    yield
+    serve.delete("shadowed")
+
+
+def test_shadow_agreement_reads_100_percent_for_a_variant_identical_to_its_reference(shadowed):
+    for index in range(6):
+        body = {"question": f"Question {index}?", "context": _CORPUS[index % 5]}
+        assert httpx.post(f"{URL}/shadowed/v1/qa", json=body, timeout=60).status_code == 200
+    labels = (("against", "dense"), ("task", "qa"), ("variant", "same"))
+    for _ in range(60):  # comparisons finish after the responses
+        samples = {}
+        for family in text_string_to_metric_families(httpx.get(f"{URL}/metrics").text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        key = ("blockserve_shadow_agreement_count", tuple(sorted((*labels, ("metric", "answer_f1")))))
+        if samples.get(key, 0) >= 6:
+            break
+        time.sleep(0.5)
+    for metric in ("answer_f1", "span_exact_match"):
+        series = tuple(sorted((*labels, ("metric", metric))))
+        count = samples[("blockserve_shadow_agreement_count", series)]
+        assert count >= 6 and samples[("blockserve_shadow_agreement_sum", series)] == count  # every one agrees

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from service.batcher import Batcher, BatchPolicy, BatchRun, DeadlineExceeded
+from service.batcher import Batcher, BatchPolicy, BatchRun, DeadlineExceeded, Overloaded
 
 
 class Clock:
@@ -167,5 +167,60 @@ def test_a_failing_batch_fails_its_callers_and_the_next_batch_still_runs():
             await batcher.submit("a", 10)
         model.fail = False
         assert await batcher.submit("b", 10) == "answer b"
+
+    asyncio.run(scenario())
+
+
+def test_admission_refuses_at_once_when_the_expected_wait_is_over_the_limit():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=4, max_queue_wait_s=1.0)
+        model.hold.clear()
+        running = asyncio.ensure_future(batcher.submit("running", 100))  # unmeasured: admitted
+        await model.started.wait()
+        batcher.observe_throughput(padded_tokens=1000, seconds=1.0)  # fake throughput: 1000 padded tokens/s
+        # The running batch (100 tokens) has 0.1 s left; each queued 100-token request adds 0.1 s.
+        queued = [asyncio.ensure_future(batcher.submit(f"q{i}", 100)) for i in range(9)]
+        await _settle()
+        assert batcher.expected_wait_s() == pytest.approx(0.1 + 0.9)
+        clock.now += 0.05  # half of the running batch done: 0.95 s ahead, still under 1.0
+        assert batcher.expected_wait_s() == pytest.approx(0.95)
+        admitted = asyncio.ensure_future(batcher.submit("admitted", 100))
+        await _settle()
+        with pytest.raises(Overloaded) as refused:  # 1.05 s ahead now
+            await batcher.submit("refused", 100)
+        assert refused.value.retry_after_s == pytest.approx(1.05)
+        assert batcher.queued == 10  # the refused one was never queued
+        model.hold.set()
+        await asyncio.gather(running, admitted, *queued)
+        assert all("refused" not in payloads for _, payloads in model.runs)
+
+    asyncio.run(scenario())
+
+
+def test_an_unmeasured_or_unlimited_replica_admits_everything():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=2)
+        batcher.observe_throughput(10, 1.0)  # very slow, but no limit configured
+        model.hold.clear()
+        tasks = [asyncio.ensure_future(batcher.submit(i, 100)) for i in range(20)]
+        await _settle()
+        assert batcher.queued == 18 and batcher.expected_wait_s() > 100  # a batch of 2 is running
+        model.hold.set()
+        assert len(await asyncio.gather(*tasks)) == 20
+
+    asyncio.run(scenario())
+
+
+def test_throughput_is_measured_from_batches():
+    async def scenario():
+        clock, _, batcher = _setup(max_batch_size=4)
+
+        async def slow(run):
+            clock.now += 0.5  # the model takes 0.5 s per batch
+            return list(run.payloads)
+
+        batcher._run = slow
+        await asyncio.gather(*(batcher.submit(i, 50) for i in range(4)))  # first alone, then 3 together
+        assert batcher.tokens_per_s is not None and batcher.tokens_per_s > 0
 
     asyncio.run(scenario())

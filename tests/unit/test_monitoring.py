@@ -77,6 +77,8 @@ def exported() -> dict[str, set[str]]:
     metrics.observe_request("qa", "pruned", 200, 0.02)
     metrics.observe_request("summarize", "dense", 503, 0.001)
     metrics.reject("summarize", "dense", "queue_full")
+    metrics.observe_shadow("qa", "pruned", "dense", {"span_exact_match": 1.0, "answer_f1": 0.9})
+    metrics.drop_shadow("qa", "pruned", "in_flight_cap")
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for sample in family.samples:

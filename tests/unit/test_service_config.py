@@ -37,6 +37,27 @@ def test_minimal_config_fills_defaults():
             {"variants": {"dense": {"checkpoint": "x", "max_ongoing_requests": 4}}, "default_variant": "dense"},
             "max_ongoing_requests (4) is below batching.max_batch_size (8)",
         ),
+        (
+            {
+                "variants": {"dense": {"checkpoint": "x", "batching": {"max_queue_wait_s": 30}}},
+                "default_variant": "dense",
+            },
+            "max_queue_wait_s (30) must be below limits.request_timeout_s (30)",
+        ),
+        (
+            {
+                "variants": {"dense": {"checkpoint": "x", "shadow": {"fraction": 0.1, "against": "ref"}}},
+                "default_variant": "dense",
+            },
+            "shadow.against: 'ref' is not a variant of this task",
+        ),
+        (
+            {
+                "variants": {"dense": {"checkpoint": "x", "shadow": {"fraction": 0, "against": "dense"}}},
+                "default_variant": "dense",
+            },
+            "shadow.fraction",
+        ),
     ],
 )
 def test_invalid_config_names_the_field(overrides, message):
@@ -104,3 +125,11 @@ def test_threads_are_optional_and_positive():
     data["qa"]["variants"]["dense"]["threads"] = 0
     with pytest.raises(ValidationError, match="threads"):
         AppConfig.model_validate(data)
+
+
+def test_the_ray_batch_timeout_is_read_as_a_fill_wait():
+    config = AppConfig.model_validate(_config(variants={"dense": {"checkpoint": "x", "batching": {"batch_wait_timeout_s": 0.005}}},
+                                              default_variant="dense"))  # fmt: skip
+    batching = config.qa.variants["dense"].batching
+    assert batching.max_wait_ms == 5.0 and batching.policy().max_wait_s == 0.005
+    assert AppConfig.model_validate(_config()).qa.variants["dense"].batching.max_wait_ms == 0.0  # no wait by default

@@ -1,0 +1,265 @@
+"""What the serving path costs: blockserve against the naive server, and the pruned/dense ratio over HTTP.
+
+    python benchmarks/serve_overhead.py --dense ../shared/models/minilm-l6-squad \
+        --pruned artifacts/posttrain/minilm-serve-1.5 --data ../shared/data/squad/dev.json --out benchmarks/serve-overhead
+
+One run, one machine, nothing else running:
+1. in process (`bench`): the dense and the pruned model answer the same real SQuAD questions one at a time
+   through the QA engine, interleaved, in the served numerics → the model-only pruned/dense ratio;
+2. blockserve (Ray Serve, from a config written here: both variants, the served numerics, no fill wait)
+   under the project's closed-loop load generator at each concurrency, dense and pruned;
+3. the naive anchor (`benchmarks/naive_server.py`: FastAPI + uvicorn, the model called per request) with
+   the dense model in fp32 — what a user deploys without blockserve — and in the served numerics.
+Reports client p50/p99 and throughput per concurrency, the overhead on top of the model (client p50 −
+server-side request time, server-side − inference), the HTTP pruned/dense ratio against the bench one,
+and the largest throughput each server sustains with p99 under `--slo-ms`. Writes JSON, Markdown, a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loadtests.client import Target, closed_loop  # noqa: E402
+from loadtests.launch import served, wait_ready  # noqa: E402
+from pruning.artifacts.checkpoint import load_checkpoint  # noqa: E402
+from pruning.runtime.candidates import torch_forward  # noqa: E402
+from pruning.runtime.numerics import dtype_name, resolve_dtype  # noqa: E402
+from pruning.runtime.timing import time_interleaved  # noqa: E402
+from pruning.tasks.qa import read_squad  # noqa: E402
+from service.config import LimitsConfig  # noqa: E402
+from service.qa_engine import QAEngine, QAInput  # noqa: E402
+
+log = logging.getLogger("serve-overhead")
+LIMITS = {"window_tokens": 384, "window_stride": 128, "max_question_tokens": 64, "max_input_tokens": 4096}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summarize(records, seconds: float) -> dict:
+    ok = [r for r in records if r.ok]
+    latency = [r.latency_ms for r in ok]
+    server = [r.server_ms for r in ok if r.server_ms is not None]
+    inference = [r.inference_ms for r in ok if r.inference_ms is not None]
+    return {
+        "requests": len(records),
+        "errors": len(records) - len(ok),
+        "p50_ms": round(percentile(latency, 0.5), 2),
+        "p99_ms": round(percentile(latency, 0.99), 2),
+        "throughput_rps": round(len(ok) / seconds, 2) if seconds else 0.0,
+        "server_p50_ms": round(percentile(server, 0.5), 2) if server else None,
+        "inference_p50_ms": round(percentile(inference, 0.5), 2) if inference else None,
+    }
+
+
+async def drive(url: str, variant: str, bodies: list[dict], concurrency: int, duration_s: float) -> dict:
+    target = Target(url, "qa", variant, bodies)
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        await closed_loop(client, target, min(concurrency, 4), 0.0, 2 * concurrency + 4, first_index=10**6)  # warm-up
+        started = time.perf_counter()
+        records = await closed_loop(client, target, concurrency, duration_s, min_requests=20)
+        seconds = time.perf_counter() - started
+    row = {"variant": variant, "concurrency": concurrency, **summarize(records, seconds)}
+    log.info("%s", row)
+    return row
+
+
+def bench_in_process(dense_dir: str, pruned_dir: str, questions: list[QAInput], dtype: torch.dtype, repeats: int):
+    """Model-only ms per request, dense vs pruned, same questions, interleaved, in the served numerics."""
+    limits = LimitsConfig(**LIMITS)
+    engines = {}
+    for name, directory in (("dense", dense_dir), ("pruned", pruned_dir)):
+        checkpoint = load_checkpoint(directory, dtype=dtype)
+        engines[name] = QAEngine(torch_forward(checkpoint.model.eval()), checkpoint.tokenizer(), limits, 4096)
+    runs = {name: (lambda e=engine: [e.answer([q]) for q in questions]) for name, engine in engines.items()}
+    timings = time_interleaved(runs, warmup=1, repeats=repeats)
+    per_request = {name: timing.median_ms / len(questions) for name, timing in timings.items()}
+    return {"dense_ms": round(per_request["dense"], 2), "pruned_ms": round(per_request["pruned"], 2),
+            "ratio": round(per_request["dense"] / per_request["pruned"], 3)}  # fmt: skip
+
+
+def blockserve_config(dense: str, pruned: str, dtype: str, threads: int, port: int, max_batch: int) -> dict:
+    variant = {
+        "runtime": "torch", "device": "cpu", "dtype": dtype, "num_cpus": 1, "threads": threads,
+        "max_ongoing_requests": 64, "max_queued_requests": 256,
+        "batching": {"max_batch_size": max_batch, "max_wait_ms": 0, "max_batch_tokens": 384 * max_batch},
+    }  # fmt: skip
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [{
+            "name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app",
+            "args": {"qa": {
+                "default_variant": "pruned",
+                "variants": {"dense": {"checkpoint": dense, **variant}, "pruned": {"checkpoint": pruned, **variant}},
+                "limits": {**LIMITS, "request_timeout_s": 60},
+            }},
+        }],
+    }  # fmt: skip
+
+
+def run_naive(model: str, dtype: str, port: int, bodies, levels, duration_s) -> list[dict]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "naive_server.py"),
+            "--model",
+            model,
+            "--dtype",
+            dtype,
+            "--port",
+            str(port),
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/v1/qa", json=bodies[0], timeout=30).raise_for_status()
+                break
+            except httpx.HTTPError:
+                time.sleep(1.0)
+        rows = [asyncio.run(drive(f"http://127.0.0.1:{port}", "dense", bodies, c, duration_s)) for c in levels]
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return [{**row, "server": f"naive {dtype}"} for row in rows]
+
+
+def best_under_slo(rows: list[dict], slo_ms: float) -> dict | None:
+    passing = [row for row in rows if row["p99_ms"] <= slo_ms and not row["errors"]]
+    return max(passing, key=lambda row: row["throughput_rps"], default=None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dense", required=True)
+    parser.add_argument("--pruned", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--questions", type=int, default=64)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--slo-ms", type=float, default=500.0)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+
+    examples = read_squad(Path(args.data))[: args.questions]
+    bodies = [{"question": e.question, "context": e.context} for e in examples]
+    served_dtype = resolve_dtype(args.dtype, "cpu")
+    bench = bench_in_process(args.dense, args.pruned, [QAInput(**b) for b in bodies], served_dtype, repeats=5)
+    log.info("bench: %s", bench)
+
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Path(scratch) / "serve.yaml"
+        config.write_text(yaml.safe_dump(blockserve_config(args.dense, args.pruned, args.dtype, args.threads,
+                                                           args.port, args.max_batch)))  # fmt: skip
+        with served(config) as url:
+            wait_ready(url, 300)
+            for concurrency in args.levels:
+                for variant in ("dense", "pruned"):
+                    row = asyncio.run(drive(url, variant, bodies, concurrency, args.duration))
+                    rows.append({**row, "server": f"blockserve {dtype_name(served_dtype)}"})
+    for dtype in dict.fromkeys(["float32", dtype_name(served_dtype)]):
+        rows += run_naive(args.dense, dtype, args.port + 1, bodies, args.levels, args.duration)
+
+    def row_of(server_prefix: str, variant: str, concurrency: int) -> dict:
+        return next(r for r in rows if r["server"].startswith(server_prefix) and r["variant"] == variant
+                    and r["concurrency"] == concurrency)  # fmt: skip
+
+    blockserve_dense, blockserve_pruned = row_of("blockserve", "dense", 1), row_of("blockserve", "pruned", 1)
+    naive_same = row_of(f"naive {dtype_name(served_dtype)}", "dense", 1)
+    http_ratio = blockserve_dense["p50_ms"] / blockserve_pruned["p50_ms"]
+    slo = {
+        server: best_under_slo([r for r in rows if r["server"] == server and r["variant"] == variant], args.slo_ms)
+        for server, variant in (
+            (f"blockserve {dtype_name(served_dtype)}", "pruned"), (f"blockserve {dtype_name(served_dtype)}", "dense"),
+            ("naive float32", "dense"), (f"naive {dtype_name(served_dtype)}", "dense"),
+        )
+    }  # fmt: skip
+    naive_fp32 = slo["naive float32"]
+    whole_path = slo[f"blockserve {dtype_name(served_dtype)}"]
+    summary = {
+        "c1_dense_p50_minus_naive_ms": round(blockserve_dense["p50_ms"] - naive_same["p50_ms"], 2),
+        "c1_request_minus_inference_ms": round(blockserve_dense["server_p50_ms"] - blockserve_dense["inference_p50_ms"], 2)
+        if blockserve_dense["server_p50_ms"] and blockserve_dense["inference_p50_ms"] else None,
+        "c1_client_minus_request_ms": round(blockserve_dense["p50_ms"] - blockserve_dense["server_p50_ms"], 2)
+        if blockserve_dense["server_p50_ms"] else None,
+        "http_pruned_dense_ratio": round(http_ratio, 3),
+        "bench_ratio": bench["ratio"],
+        "http_vs_bench": round(http_ratio / bench["ratio"] - 1, 3),
+        "slo_ms": args.slo_ms,
+        "max_throughput_under_slo": {k: (v["throughput_rps"], v["concurrency"]) if v else None for k, v in slo.items()},
+        "whole_path_gain": round(whole_path["throughput_rps"] / naive_fp32["throughput_rps"], 2)
+        if whole_path and naive_fp32 else None,
+    }  # fmt: skip
+    pruned_manifest = load_checkpoint(args.pruned).manifest
+    evaluation = pruned_manifest.evaluation if pruned_manifest else None
+    flags = subprocess.run("grep -o -w 'amx_bf16\\|avx512_bf16\\|avx512_vnni\\|amx_int8' /proc/cpuinfo | sort -u",
+                           shell=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    result = {
+        "dense": args.dense, "pruned": args.pruned, "questions": len(bodies), "threads": args.threads,
+        "served_dtype": dtype_name(served_dtype), "cpu_flags": flags, "bench": bench, "summary": summary,
+        "pruned_evaluation": evaluation.model_dump() if evaluation else None, "rows": rows,
+    }  # fmt: skip
+    (out / "serve-overhead.json").write_text(json.dumps(result, indent=1))
+    lines = ["| server | variant | c | p50 ms | p99 ms | req/s | server p50 | inference p50 | errors |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['server']} | {r['variant']} | {r['concurrency']} | {r['p50_ms']} | {r['p99_ms']} | "
+                     f"{r['throughput_rps']} | {r['server_p50_ms']} | {r['inference_p50_ms']} | {r['errors']} |")  # fmt: skip
+    lines += ["", "```json", json.dumps({"bench": bench, **summary}, indent=1), "```"]
+    (out / "serve-overhead.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(rows, out / "serve-overhead.png", args.slo_ms)
+
+
+def plot(rows: list[dict], path: Path, slo_ms: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(7, 4.5))
+    for key in dict.fromkeys((r["server"], r["variant"]) for r in rows):
+        points = sorted((r for r in rows if (r["server"], r["variant"]) == key), key=lambda r: r["concurrency"])
+        axis.plot([p["throughput_rps"] for p in points], [p["p99_ms"] for p in points], "o-", label=" ".join(key))
+    axis.axhline(slo_ms, color="grey", linestyle=":", label=f"p99 SLO {slo_ms:g} ms")
+    axis.set_xlabel("throughput (requests/s, closed loop, concurrency 1 … 32)")
+    axis.set_ylabel("client p99 (ms)")
+    axis.set_yscale("log")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
