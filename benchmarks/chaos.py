@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtests.client import Target, closed_loop, open_loop  # noqa: E402
 from loadtests.launch import served  # noqa: E402
+from pruning.runtime.numerics import reported_cpu_flags  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
 
 log = logging.getLogger("chaos")
@@ -177,10 +177,7 @@ def main() -> None:
         with served(path) as url:
             result["killed_replica"] = asyncio.run(killed_replica(url, bodies, 4, args.seconds, kill_after_s=3.0))
             log.info("killed replica: %s", result["killed_replica"])
-    result["cpu_flags"] = subprocess.run(
-        "grep -o -w 'amx_bf16\\|avx512_bf16\\|avx512_vnni\\|amx_int8' /proc/cpuinfo | sort -u",
-        shell=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
+    result["cpu_flags"] = reported_cpu_flags()
     (out / "chaos.json").write_text(json.dumps(result, indent=1))
     lines = [f"capacity (closed loop, c={args.capacity_concurrency}): {result['capacity_rps']} req/s; "
              f"max_queue_wait_s {args.max_queue_wait}", "",

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from pruning.core.structure import spec_for_config, task_of  # noqa: E402
 from pruning.methods.posttrain.pipeline import PosttrainJob, PosttrainSettings, prune_posttrain  # noqa: E402
 from pruning.methods.posttrain.reconstruction import reconstruct  # noqa: E402
 from pruning.methods.posttrain.recovery import RecoverySettings, recover  # noqa: E402
-from pruning.runtime.numerics import dtype_name, in_dtype, resolve_dtype  # noqa: E402
+from pruning.runtime.numerics import dtype_name, in_dtype, reported_cpu_flags, resolve_dtype  # noqa: E402
 from pruning.runtime.runners import Shape, TimingOptions, make_runner, random_inputs  # noqa: E402
 from pruning.runtime.timing import time_interleaved  # noqa: E402
 from pruning.tasks import make_task  # noqa: E402
@@ -176,10 +175,7 @@ def main() -> None:
         times = timings[row.get("plan", "dense")]
         row.update({f"b{b}_ms": round(ms, 2) for b, ms in times.items()})
         row.update({f"b{b}_speedup": round(timings["dense"][b] / ms, 3) for b, ms in times.items()})
-    flags = subprocess.run(
-        "grep -o -w 'amx_bf16\\|avx512_bf16\\|avx512_vnni\\|amx_int8' /proc/cpuinfo | sort -u",
-        shell=True, capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
+    flags = reported_cpu_flags()
     result = {
         "model": args.model, "dev": args.dev, "questions": len(dev), "dtype": dtype_name(served),
         "seq": args.seq, "batch": args.batch, "recover_minutes": args.recover_minutes, "cpu_flags": flags, "rows": rows,

@@ -38,7 +38,7 @@ from loadtests.client import Target, closed_loop  # noqa: E402
 from loadtests.launch import served, wait_ready  # noqa: E402
 from pruning.artifacts.checkpoint import load_checkpoint  # noqa: E402
 from pruning.runtime.candidates import torch_forward  # noqa: E402
-from pruning.runtime.numerics import dtype_name, resolve_dtype  # noqa: E402
+from pruning.runtime.numerics import dtype_name, reported_cpu_flags, resolve_dtype  # noqa: E402
 from pruning.runtime.timing import time_interleaved  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
 from service.config import LimitsConfig  # noqa: E402
@@ -221,8 +221,7 @@ def main() -> None:
     }  # fmt: skip
     pruned_manifest = load_checkpoint(args.pruned).manifest
     evaluation = pruned_manifest.evaluation if pruned_manifest else None
-    flags = subprocess.run("grep -o -w 'amx_bf16\\|avx512_bf16\\|avx512_vnni\\|amx_int8' /proc/cpuinfo | sort -u",
-                           shell=True, capture_output=True, text=True).stdout.split()  # fmt: skip
+    flags = reported_cpu_flags()
     result = {
         "dense": args.dense, "pruned": args.pruned, "questions": len(bodies), "threads": args.threads,
         "served_dtype": dtype_name(served_dtype), "cpu_flags": flags, "bench": bench, "summary": summary,

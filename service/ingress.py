@@ -9,6 +9,7 @@ No `from __future__ import annotations` here: FastAPI reads the route signatures
 
 import asyncio
 import copy
+import importlib
 import math
 import random
 import time
@@ -58,19 +59,25 @@ def _error(status: int, message: str, **headers: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
-# Ray Serve runs a copy of `api` in the ingress replica, so what the replica's config decides (the body
-# limit, the schema's bounds) is read from this module's state, set by `Ingress.__init__` in that process.
+# Ray Serve freezes `api` (and this class) into a by-value pickle: in the replica, their functions see
+# copies of this module's globals, not the module. What the replica's config decides (the body limit,
+# the schema's bounds) is kept in the imported module itself, which every copy finds by name.
 _SERVED: dict[str, Any] = {}
 
 
+def _served() -> dict[str, Any]:
+    return importlib.import_module(__name__)._SERVED
+
+
 def _served_openapi() -> dict:
-    if "openapi" not in _SERVED:
+    served = _served()
+    if "openapi" not in served:
         schema = get_openapi(title=api.title, version=api.version, description=api.description, routes=api.routes)
-        config = _SERVED.get("config")
+        config = served.get("config")
         if config is None:
             return schema  # not serving (e.g. documentation built offline): the static schema
-        _SERVED["openapi"] = with_config_bounds(schema, config)
-    return _SERVED["openapi"]
+        served["openapi"] = with_config_bounds(schema, config)
+    return served["openapi"]
 
 
 api.openapi = _served_openapi
@@ -80,7 +87,7 @@ api.openapi = _served_openapi
 async def _body_size_limit(request: Request, call_next):
     """413 before parsing for a body over the limit, by its Content-Length (a chunked body without one
     is read, then measured: Starlette replays it to the route)."""
-    config = _SERVED.get("config")
+    config = _served().get("config")
     limit = config.max_request_bytes if config is not None else None
     if limit is not None and request.method in ("POST", "PUT", "PATCH"):
         declared = request.headers.get("content-length")
@@ -122,7 +129,7 @@ class Ingress:
         self.collector = _metrics_collector()
         self._shadows: dict[tuple[str, str], int] = {}  # (route, variant) → shadow requests in flight
         self._random = random.Random()
-        _SERVED["config"] = self.config
+        _served()["config"] = self.config
 
     async def _call(self, route: str, variant: str | None, payload: Any) -> tuple[str, Outcome | JSONResponse]:
         task = self.config.tasks()[route]

@@ -36,6 +36,15 @@ class Capabilities:
         return any(flag in self.cpu_flags for flag in BF16_MATRIX_FLAGS)
 
 
+# The flags every benchmark records beside its timings (CPU models of one machine kind differ).
+REPORTED_FLAGS = ("amx_bf16", "amx_int8", "avx512_bf16", "avx512_vnni")
+
+
+def reported_cpu_flags() -> list[str]:
+    """Which of `REPORTED_FLAGS` this CPU has, for a benchmark's results."""
+    return sorted(set(REPORTED_FLAGS) & cpu_flags())
+
+
 @functools.cache
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     """The CPU's feature flags (Linux); empty where they cannot be read."""
