@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import tempfile
@@ -155,13 +156,20 @@ def main() -> None:
     parser.add_argument("--pruned", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--questions", type=int, default=64)
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
-    parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 8, 16, 32])
+    parser.add_argument("--duration", type=float, default=12.0)
     parser.add_argument("--slo-ms", type=float, default=500.0)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["default", "throughput"],
+        choices=["default", "throughput"],
+        help="Ray Serve as shipped, and with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress, gRPC)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -176,49 +184,55 @@ def main() -> None:
     log.info("bench: %s", bench)
 
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as scratch:
-        config = Path(scratch) / "serve.yaml"
-        config.write_text(yaml.safe_dump(blockserve_config(args.dense, args.pruned, args.dtype, args.threads,
-                                                           args.port, args.max_batch)))  # fmt: skip
-        with served(config) as url:
-            wait_ready(url, 300)
-            for concurrency in args.levels:
-                for variant in ("dense", "pruned"):
-                    row = asyncio.run(drive(url, variant, bodies, concurrency, args.duration))
-                    rows.append({**row, "server": f"blockserve {dtype_name(served_dtype)}"})
+    for mode in args.modes:
+        # Ray Serve reads its mode from the environment of the processes Ray starts (after ray.init).
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if mode == "throughput" else "0"
+        server = f"blockserve {dtype_name(served_dtype)}" + (" throughput-optimized" if mode == "throughput" else "")
+        with tempfile.TemporaryDirectory() as scratch:
+            config = Path(scratch) / "serve.yaml"
+            config.write_text(yaml.safe_dump(blockserve_config(args.dense, args.pruned, args.dtype, args.threads,
+                                                               args.port, args.max_batch)))  # fmt: skip
+            with served(config) as url:
+                wait_ready(url, 300)
+                for concurrency in args.levels:
+                    for variant in ("dense", "pruned"):
+                        row = asyncio.run(drive(url, variant, bodies, concurrency, args.duration))
+                        rows.append({**row, "server": server})
     for dtype in dict.fromkeys(["float32", dtype_name(served_dtype)]):
         rows += run_naive(args.dense, dtype, args.port + 1, bodies, args.levels, args.duration)
 
-    def row_of(server_prefix: str, variant: str, concurrency: int) -> dict:
-        return next(r for r in rows if r["server"].startswith(server_prefix) and r["variant"] == variant
+    def row_of(server: str, variant: str, concurrency: int) -> dict:
+        return next(r for r in rows if r["server"] == server and r["variant"] == variant
                     and r["concurrency"] == concurrency)  # fmt: skip
 
-    blockserve_dense, blockserve_pruned = row_of("blockserve", "dense", 1), row_of("blockserve", "pruned", 1)
+    def best(server: str, variant: str) -> dict | None:
+        return best_under_slo([r for r in rows if r["server"] == server and r["variant"] == variant], args.slo_ms)
+
     naive_same = row_of(f"naive {dtype_name(served_dtype)}", "dense", 1)
-    http_ratio = blockserve_dense["p50_ms"] / blockserve_pruned["p50_ms"]
-    slo = {
-        server: best_under_slo([r for r in rows if r["server"] == server and r["variant"] == variant], args.slo_ms)
-        for server, variant in (
-            (f"blockserve {dtype_name(served_dtype)}", "pruned"), (f"blockserve {dtype_name(served_dtype)}", "dense"),
-            ("naive float32", "dense"), (f"naive {dtype_name(served_dtype)}", "dense"),
-        )
-    }  # fmt: skip
-    naive_fp32 = slo["naive float32"]
-    whole_path = slo[f"blockserve {dtype_name(served_dtype)}"]
-    summary = {
-        "c1_dense_p50_minus_naive_ms": round(blockserve_dense["p50_ms"] - naive_same["p50_ms"], 2),
-        "c1_request_minus_inference_ms": round(blockserve_dense["server_p50_ms"] - blockserve_dense["inference_p50_ms"], 2)
-        if blockserve_dense["server_p50_ms"] and blockserve_dense["inference_p50_ms"] else None,
-        "c1_client_minus_request_ms": round(blockserve_dense["p50_ms"] - blockserve_dense["server_p50_ms"], 2)
-        if blockserve_dense["server_p50_ms"] else None,
-        "http_pruned_dense_ratio": round(http_ratio, 3),
-        "bench_ratio": bench["ratio"],
-        "http_vs_bench": round(http_ratio / bench["ratio"] - 1, 3),
-        "slo_ms": args.slo_ms,
-        "max_throughput_under_slo": {k: (v["throughput_rps"], v["concurrency"]) if v else None for k, v in slo.items()},
-        "whole_path_gain": round(whole_path["throughput_rps"] / naive_fp32["throughput_rps"], 2)
-        if whole_path and naive_fp32 else None,
-    }  # fmt: skip
+    naive_fp32 = best("naive float32", "dense")
+    summary = {"bench_ratio": bench["ratio"], "slo_ms": args.slo_ms,
+               "naive_max_rps_under_slo": {name: (b["throughput_rps"] if (b := best(name, "dense")) else None)
+                                           for name in dict.fromkeys(r["server"] for r in rows if r["server"].startswith("naive"))}}  # fmt: skip
+    for server in dict.fromkeys(r["server"] for r in rows if r["server"].startswith("blockserve")):
+        dense, pruned = row_of(server, "dense", 1), row_of(server, "pruned", 1)
+        http_ratio = dense["p50_ms"] / pruned["p50_ms"]
+        whole_path = best(server, "pruned")
+        summary[server] = {
+            "c1_dense_p50_minus_naive_ms": round(dense["p50_ms"] - naive_same["p50_ms"], 2),
+            "c1_request_minus_inference_ms": round(dense["server_p50_ms"] - dense["inference_p50_ms"], 2)
+            if dense["server_p50_ms"] and dense["inference_p50_ms"] else None,
+            "c1_client_minus_request_ms": round(dense["p50_ms"] - dense["server_p50_ms"], 2)
+            if dense["server_p50_ms"] else None,
+            "http_pruned_dense_ratio": round(http_ratio, 3),
+            "http_vs_bench": round(http_ratio / bench["ratio"] - 1, 3),
+            "c16_dense_rps_vs_naive": round(row_of(server, "dense", 16)["throughput_rps"]
+                                            / row_of(f"naive {dtype_name(served_dtype)}", "dense", 16)["throughput_rps"], 3)
+            if 16 in args.levels else None,
+            "max_rps_under_slo": {v: (b["throughput_rps"], b["concurrency"]) if (b := best(server, v)) else None
+                                  for v in ("dense", "pruned")},
+            "whole_path_gain_vs_naive_fp32": round(whole_path["throughput_rps"] / naive_fp32["throughput_rps"], 2)
+            if whole_path and naive_fp32 else None,
+        }  # fmt: skip
     pruned_manifest = load_checkpoint(args.pruned).manifest
     evaluation = pruned_manifest.evaluation if pruned_manifest else None
     flags = reported_cpu_flags()

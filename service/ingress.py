@@ -128,6 +128,7 @@ class Ingress:
         self.servers = servers  # route → variant → DeploymentHandle
         self.collector = _metrics_collector()
         self._shadows: dict[tuple[str, str], int] = {}  # (route, variant) → shadow requests in flight
+        self._shadow_tasks: set[asyncio.Task] = set()
         self._random = random.Random()
         _served()["config"] = self.config
 
@@ -193,7 +194,9 @@ class Ingress:
             self.collector.drop_shadow.remote(route, name, "in_flight_cap")
             return
         self._shadows[key] = self._shadows.get(key, 0) + 1
-        asyncio.get_running_loop().create_task(self._shadow(route, name, shadow.against, payload, outcome))
+        task = asyncio.get_running_loop().create_task(self._shadow(route, name, shadow.against, payload, outcome))
+        self._shadow_tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._shadow_tasks.discard)
 
     async def _shadow(self, route: str, name: str, against: str, payload: Any, primary: Outcome) -> None:
         try:
