@@ -96,6 +96,11 @@ class LimitsConfig(Strict):
     window_stride: int = Field(128, ge=0, description="QA: overlap between windows")
     max_answer_tokens: int = Field(30, ge=1, description="QA: longest answer span")
     request_timeout_s: float = Field(30.0, gt=0.0, description="deadline per request (504 after it)")
+    pad_to_multiple_of: int = Field(
+        32, ge=1, le=1024,
+        description="pad each batch's sequence length up to a multiple of this: the CPU/GPU kernel libraries "
+        "build kernels per shape, and a pruned model's per-layer widths multiply the shapes of free lengths",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _windows(self) -> LimitsConfig:
@@ -261,3 +266,11 @@ class AppConfig(Strict):
     def tasks(self) -> dict[str, TaskConfig]:
         """Route name (`qa`, `summarize`) → its config, for the tasks that are configured."""
         return {route: config for route in ROUTES if (config := getattr(self, route)) is not None}
+
+
+def padding_multiple(limits: LimitsConfig, longest: int, max_positions: int) -> int | None:
+    """`limits.pad_to_multiple_of`, unless rounding `longest` up to it would pass the model's positions."""
+    multiple = limits.pad_to_multiple_of
+    if multiple <= 1 or -(-longest // multiple) * multiple > max_positions:
+        return None
+    return multiple

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from service.config import GenerationConfig, LimitsConfig
+from service.config import GenerationConfig, LimitsConfig, padding_multiple
 from service.errors import InputTooLong, SettingsTooHigh
 
 
@@ -55,6 +55,7 @@ class SummarizeEngine:
         self.device = next(model.parameters()).device
         # The model cannot read past its position table, whatever the config allows.
         self.max_input_tokens = min(limits.max_input_tokens, model.config.max_position_embeddings)
+        self.pad_multiple = padding_multiple(limits, self.max_input_tokens, model.config.max_position_embeddings)
 
     def encode(self, item: SummaryInput) -> EncodedSummary:
         """Tokenized once; `InputTooLong` over the limit and `SettingsTooHigh` past the config."""
@@ -83,8 +84,9 @@ class SummarizeEngine:
         for (max_new_tokens, num_beams), indices in groups.items():
             # Padded as the tokenizer pads (its `padding_side`), on the ids counted against the limit.
             inputs = self.tokenizer.pad(
-                {"input_ids": [list(encoded[i].input_ids) for i in indices]}, return_tensors="pt"
-            )
+                {"input_ids": [list(encoded[i].input_ids) for i in indices]},
+                pad_to_multiple_of=self.pad_multiple, return_tensors="pt",
+            )  # fmt: skip
             output = self.model.generate(
                 input_ids=inputs["input_ids"].to(self.device),
                 attention_mask=inputs["attention_mask"].to(self.device),
