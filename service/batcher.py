@@ -164,10 +164,8 @@ class Batcher(Generic[P, R]):
         return batch
 
     def _full(self) -> bool:
-        longest = max((item.tokens for item in self._queue), default=0)
-        return (
-            len(self._queue) >= self.policy.max_batch_size or len(self._queue) * longest >= self.policy.max_batch_tokens
-        )
+        queued = list(self._queue)
+        return len(queued) >= self.policy.max_batch_size or self._padded(queued) >= self.policy.max_batch_tokens
 
     def _fill_wait(self) -> float:
         """Seconds still to wait for the batch to fill: 0 unless `max_wait_s` is set and it is not full."""

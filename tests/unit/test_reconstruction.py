@@ -14,7 +14,6 @@ from pruning.methods.posttrain.reconstruction import (
     _accumulate,
     _accumulate_weights,
     _error,
-    _weights_error,
     reconstruct,
     solve_scales,
     solve_weights,
@@ -51,7 +50,7 @@ def test_weights_solve_is_never_worse_than_the_scales_it_starts_from():
     scales, _, scales_error = solve_scales(scale_stats, ridge=1e-3)
     start = torch.cat([weight.double() * scales.repeat_interleave(2)[None, :], bias.double()[:, None]], dim=1).T
     # Both statistics describe the same objective: the scales solution scores the same under either.
-    assert _weights_error(weight_stats, start) == pytest.approx(_error(scale_stats, scales), rel=1e-6)
+    assert _error(weight_stats, start) == pytest.approx(_error(scale_stats, scales), rel=1e-6)
     theta, before, after = solve_weights(weight_stats, start, ridge=1e-4)
     assert before == pytest.approx(scales_error, rel=1e-6)
     assert after < 0.5 * before  # a free linear map fits this target far better than rescaled columns

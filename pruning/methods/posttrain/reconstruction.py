@@ -66,98 +66,78 @@ class _StopForward(Exception):
 
 @dataclass
 class _Statistics:
-    gram: torch.Tensor  # G
-    correlation: torch.Tensor  # q
+    """Normal equations of one least-squares refit, summed over batches: the error of a solution θ is
+    θᵀAθ − 2θᵀB + Σ‖t‖² (vectors for `scales`, matrices of [W | b]ᵀ for `weights`)."""
+
+    gram: torch.Tensor  # A: G (units × units) for scales; Σ [x 1]ᵀ[x 1] for weights
+    cross: torch.Tensor  # B: q (units) for scales; Σ [x 1]ᵀ T (inputs [+ 1] × outputs) for weights
     target_energy: float  # Σ‖t‖²
     tokens: int
+
+    def add(self, other: _Statistics | None) -> _Statistics:
+        if other is None:
+            return self
+        other.gram += self.gram
+        other.cross += self.cross
+        other.target_energy += self.target_energy
+        other.tokens += self.tokens
+        return other
 
 
 def _accumulate(
     stats: _Statistics | None, inputs: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, width: int
 ) -> _Statistics:
+    """Scales: G = blocksum((xᵀx) ⊙ (WᵀW)), q = blocksum(Σ x ⊙ (t W)) for units of `width` columns."""
     x = inputs.reshape(-1, inputs.shape[-1]).double()
     y = target.reshape(-1, target.shape[-1]).double()
     w = weight.double()
     units = x.shape[1] // width
     gram = ((x.T @ x) * (w.T @ w)).view(units, width, units, width).sum(dim=(1, 3))
     correlation = (x * (y @ w)).sum(dim=0).view(units, width).sum(dim=1)
-    energy = float(y.pow(2).sum())
-    if stats is None:
-        return _Statistics(gram, correlation, energy, x.shape[0])
-    stats.gram += gram
-    stats.correlation += correlation
-    stats.target_energy += energy
-    stats.tokens += x.shape[0]
-    return stats
-
-
-def _error(stats: _Statistics, scales: torch.Tensor) -> float:
-    """Σ‖Σ m_k c_k − t‖² from the statistics: mᵀGm − 2mᵀq + Σ‖t‖²."""
-    return float(scales @ stats.gram @ scales - 2 * scales @ stats.correlation + stats.target_energy)
-
-
-def solve_scales(stats: _Statistics, ridge: float) -> tuple[torch.Tensor, float, float]:
-    """(m, error with m = 1, error with m), both errors per token; m = 1 unless it is better."""
-    units = stats.gram.shape[0]
-    ones = torch.ones(units, dtype=torch.float64)
-    before = _error(stats, ones)
-    if units == 0:
-        return ones, before / stats.tokens, before / stats.tokens
-    # λ relative to the Gram diagonal, so the same setting means the same thing in every layer.
-    damping = ridge * float(stats.gram.diagonal().mean().clamp(min=1e-12))
-    system = stats.gram + damping * torch.eye(units, dtype=torch.float64)
-    scales = torch.linalg.solve(system, stats.correlation + damping * ones)
-    after = _error(stats, scales)
-    if not after <= before:  # rounding, or a degenerate system: never make a layer worse
-        scales, after = ones, before
-    return scales, before / stats.tokens, after / stats.tokens
-
-
-@dataclass
-class _WeightStatistics:
-    gram: torch.Tensor  # A = Σ [x 1]ᵀ[x 1], (inputs + 1) × (inputs + 1)
-    cross: torch.Tensor  # B = Σ [x 1]ᵀ T, (inputs + 1) × outputs
-    target_energy: float  # Σ‖T‖²
-    tokens: int
+    return _Statistics(gram, correlation, float(y.pow(2).sum()), x.shape[0]).add(stats)
 
 
 def _accumulate_weights(
-    stats: _WeightStatistics | None, inputs: torch.Tensor, target: torch.Tensor, bias: bool = True
-) -> _WeightStatistics:
+    stats: _Statistics | None, inputs: torch.Tensor, target: torch.Tensor, bias: bool = True
+) -> _Statistics:
+    """Weights: A = Σ [x 1]ᵀ[x 1], B = Σ [x 1]ᵀ T (no ones column for a projection without bias)."""
     x = inputs.reshape(-1, inputs.shape[-1]).double()
     if bias:  # the bias is one more input column, always 1
         x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
     t = target.reshape(-1, target.shape[-1]).double()
-    gram, cross, energy = x.T @ x, x.T @ t, float(t.pow(2).sum())
-    if stats is None:
-        return _WeightStatistics(gram, cross, energy, x.shape[0])
-    stats.gram += gram
-    stats.cross += cross
-    stats.target_energy += energy
-    stats.tokens += x.shape[0]
-    return stats
+    return _Statistics(x.T @ x, x.T @ t, float(t.pow(2).sum()), x.shape[0]).add(stats)
 
 
-def _weights_error(stats: _WeightStatistics, theta: torch.Tensor) -> float:
-    """Σ‖[x 1]Θ − T‖² from the statistics: tr(ΘᵀAΘ) − 2tr(ΘᵀB) + Σ‖T‖²."""
+def _error(stats: _Statistics, theta: torch.Tensor) -> float:
+    """θᵀAθ − 2θᵀB + Σ‖t‖² (traces for matrices): the summed squared error of `theta`."""
     return float((theta * (stats.gram @ theta)).sum() - 2 * (theta * stats.cross).sum() + stats.target_energy)
 
 
-def solve_weights(stats: _WeightStatistics, start: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float, float]:
-    """(Θ, error of `start`, error of Θ), errors per token; Θ = `start` unless the refit is not worse.
-
-    `start` is [W | b]ᵀ of the projection (the `scales` solution folded in; no b row for a projection
-    without bias); the ridge pulls towards it.
-    """
-    before = _weights_error(stats, start)
-    # λ relative to the Gram trace per input, so the same setting means the same in every layer.
+def _ridge_solve(stats: _Statistics, start: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float, float]:
+    """(θ, error of `start`, error of θ), errors per token: ridge least squares pulled towards `start`
+    (λ = ridge × mean Gram diagonal, so one setting means the same in every layer); θ = `start` unless
+    the solution is at least as good (rounding, or a degenerate system, never makes a layer worse)."""
+    before = _error(stats, start)
+    if stats.gram.shape[0] == 0:
+        return start, before / stats.tokens, before / stats.tokens
     damping = ridge * float(stats.gram.diagonal().mean().clamp(min=1e-12))
     system = stats.gram + damping * torch.eye(stats.gram.shape[0], dtype=torch.float64, device=stats.gram.device)
     theta = torch.linalg.solve(system, stats.cross + damping * start)
-    after = _weights_error(stats, theta)
-    if not after <= before:  # rounding, or a degenerate system: keep what is at least as good
+    after = _error(stats, theta)
+    if not after <= before:
         theta, after = start, before
     return theta, before / stats.tokens, after / stats.tokens
+
+
+def solve_scales(stats: _Statistics, ridge: float) -> tuple[torch.Tensor, float, float]:
+    """(m, error with m = 1, error with m), errors per token; pulled towards m = 1."""
+    return _ridge_solve(stats, torch.ones(stats.gram.shape[0], dtype=torch.float64), ridge)
+
+
+def solve_weights(stats: _Statistics, start: torch.Tensor, ridge: float) -> tuple[torch.Tensor, float, float]:
+    """(Θ, error of `start`, error of Θ), errors per token. `start` is [W | b]ᵀ of the projection (the
+    `scales` solution folded in; no b row for a projection without bias); the ridge pulls towards it."""
+    return _ridge_solve(stats, start, ridge)
 
 
 def _capture(model: PreTrainedModel, batch: dict, taps: list[tuple[torch.nn.Module, str]]) -> list[torch.Tensor]:
