@@ -50,7 +50,7 @@ bench: $(STAMP)
 # Pruning in the best numerics of this device (issue 14): dtype auto (bf16 on CPUs with AMX/avx512_bf16),
 # eager and torch.compile (frozen), each row also timed against dense fp32 torch eager, the baseline
 # without blockserve; ~6 minutes here.
-NUMERICS := benchmarks/numerics
+NUMERICS ?= benchmarks/numerics
 bench-numerics: $(STAMP)
 	mkdir -p $(NUMERICS)
 	grep -o -w 'amx_bf16\|avx512_bf16\|avx512_vnni\|amx_int8' /proc/cpuinfo | sort -u > $(NUMERICS)/cpu-flags.txt || true

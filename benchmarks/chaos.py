@@ -10,6 +10,9 @@
 3. A replica killed under load (two replicas, closed loop, `kill -9` of one): statuses by kind, every
    request answered or refused (none lost), and the time until answers are all 200 again.
 4. Fuzzing: schemathesis with every check on every operation → the failure count.
+5. Shadowing's cost: one service with `dense`, `shadowed` (the same checkpoint, every request re-run on
+   dense) and `plain` (the same checkpoint, no shadow); at concurrency 1, rounds that alternate requests
+   between shadowed and plain; the per-round p50s of plain give the noise the difference is judged by.
 Writes chaos.json and chaos.md; nothing else may run meanwhile.
 """
 
@@ -33,7 +36,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtests.client import Target, closed_loop, open_loop  # noqa: E402
+from loadtests.client import Target, closed_loop, open_loop, send  # noqa: E402
 from loadtests.launch import served  # noqa: E402
 from pruning.runtime.numerics import reported_cpu_flags  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
@@ -48,15 +51,19 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else None
 
 
-def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int) -> dict:
+def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int, shadow: bool = False) -> dict:
     variant = {"checkpoint": model, "device": "cpu", "dtype": "auto", "replicas": replicas, "num_cpus": 1,
                "threads": threads, "max_ongoing_requests": 256, "max_queued_requests": 64,
                "batching": {"max_batch_size": 8, "max_batch_tokens": 3072, "max_queue_wait_s": max_queue_wait_s}}  # fmt: skip
+    variants = {"dense": variant}
+    if shadow:
+        variants["plain"] = dict(variant)
+        variants["shadowed"] = {**variant, "shadow": {"fraction": 1.0, "against": "dense"}}
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app",
-                          "args": {"qa": {"default_variant": "dense", "variants": {"dense": variant},
+                          "args": {"qa": {"default_variant": "dense", "variants": variants,
                                           "limits": LIMITS}}}],
     }  # fmt: skip
 
@@ -74,15 +81,49 @@ async def capacity(url: str, bodies, concurrency: int, seconds: float) -> float:
         return sum(r.ok for r in records) / (time.perf_counter() - started)
 
 
-async def overload(url: str, bodies, rate: float, seconds: float) -> dict:
+async def overload(url: str, bodies, rate: float, seconds: float, max_queue_wait_s: float) -> dict:
     limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         records = await open_loop(client, Target(url, "qa", "dense", bodies), rate, seconds, seed=7, drain_s=30)
     accepted = [r.latency_ms for r in records if r.status == 200]
     refused = [r.latency_ms for r in records if r.status == 503]
+    # The bound of issue 17: the admitted wait plus two model runs at the batch sizes this load formed
+    # (inference_ms is the model time of the batch each answer came from).
+    model_p99 = percentile([r.inference_ms for r in records if r.status == 200 and r.inference_ms], 0.99)
+    bound = round(1000 * max_queue_wait_s + 2 * model_p99, 1) if model_p99 is not None else None
+    accepted_p99 = percentile(accepted, 0.99)
     return {"rate": round(rate, 2), "sent": len(records), "statuses": statuses(records),
-            "accepted_p50_ms": percentile(accepted, 0.5), "accepted_p99_ms": percentile(accepted, 0.99),
+            "accepted_p50_ms": percentile(accepted, 0.5), "accepted_p99_ms": accepted_p99,
+            "model_p99_ms": model_p99, "accepted_p99_bound_ms": bound,
+            "within_bound": None if bound is None or accepted_p99 is None else accepted_p99 <= bound,
             "refused_p50_ms": percentile(refused, 0.5), "refused_p99_ms": percentile(refused, 0.99)}  # fmt: skip
+
+
+async def shadow_cost(url: str, bodies, rounds: int, per_round: int) -> dict:
+    """c = 1, requests alternating between `shadowed` and `plain`; p50 per round and variant."""
+    p50s: dict[str, list[float]] = {"shadowed": [], "plain": []}
+    async with httpx.AsyncClient(timeout=60) as client:
+        targets = {name: Target(url, "qa", name, bodies) for name in p50s}
+        for target in targets.values():  # warm-up, both replicas
+            await closed_loop(client, target, 1, 0.0, 4)
+        for _ in range(rounds):
+            latencies: dict[str, list[float]] = {name: [] for name in p50s}
+            for index in range(per_round):
+                for name, target in targets.items():
+                    started = time.perf_counter()
+                    reply = await send(client, target, index)
+                    if reply.status == 200:
+                        latencies[name].append(1000 * (time.perf_counter() - started))
+            for name, values in latencies.items():
+                p50s[name].append(percentile(values, 0.5))
+        metrics = (await client.get(f"{url}/metrics")).text
+    compared = [line for line in metrics.splitlines() if line.startswith("blockserve_shadow") and "_count" in line]
+    plain, shadowed = sorted(p50s["plain"]), sorted(p50s["shadowed"])
+    difference = round(shadowed[len(shadowed) // 2] - plain[len(plain) // 2], 2)
+    noise = round(plain[-1] - plain[0], 2)
+    return {"rounds": rounds, "requests_per_round": per_round, "p50_ms_per_round": p50s,
+            "median_p50_difference_ms": difference, "plain_round_spread_ms": noise,
+            "within_noise": abs(difference) <= noise, "shadow_metric_lines": compared[:6]}  # fmt: skip
 
 
 async def killed_replica(url: str, bodies, concurrency: int, seconds: float, kill_after_s: float) -> dict:
@@ -153,6 +194,7 @@ def main() -> None:
     parser.add_argument("--capacity-concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--fuzz-examples", type=int, default=50)
+    parser.add_argument("--shadow-rounds", type=int, default=5)
     parser.add_argument("--port", type=int, default=8124)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -170,7 +212,8 @@ def main() -> None:
             log.info("capacity: %.2f req/s", rps)
             result["overload"] = []
             for factor in (2, 4, 8):
-                row = {"factor": factor, **asyncio.run(overload(url, bodies, factor * rps, args.seconds))}
+                load = overload(url, bodies, factor * rps, args.seconds, args.max_queue_wait)
+                row = {"factor": factor, **asyncio.run(load)}
                 log.info("overload %s", row)
                 result["overload"].append(row)
             result["fuzz"] = fuzz(url, args.fuzz_examples)
@@ -180,21 +223,31 @@ def main() -> None:
         with served(path) as url:
             result["killed_replica"] = asyncio.run(killed_replica(url, bodies, 4, args.seconds, kill_after_s=3.0))
             log.info("killed replica: %s", result["killed_replica"])
+        path = Path(scratch) / "shadow.yaml"
+        path.write_text(yaml.safe_dump(config(args.model, 1, 1, args.max_queue_wait, args.port, shadow=True)))
+        with served(path) as url:
+            result["shadow"] = asyncio.run(shadow_cost(url, bodies, args.shadow_rounds, 24))
+            log.info("shadow cost: %s", result["shadow"])
     result["cpu_flags"] = reported_cpu_flags()
     (out / "chaos.json").write_text(json.dumps(result, indent=1))
     lines = [f"capacity (closed loop, c={args.capacity_concurrency}): {result['capacity_rps']} req/s; "
              f"max_queue_wait_s {args.max_queue_wait}", "",
-             "| overload | rate req/s | sent | statuses | accepted p50 / p99 ms | 503 p50 / p99 ms |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| overload | rate req/s | sent | statuses | accepted p50 / p99 ms | bound ms (wait + 2 × model p99) "
+             "| 503 p50 / p99 ms |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for row in result["overload"]:
         lines.append(f"| {row['factor']}× | {row['rate']} | {row['sent']} | {row['statuses']} | "
-                     f"{row['accepted_p50_ms']} / {row['accepted_p99_ms']} | {row['refused_p50_ms']} / {row['refused_p99_ms']} |")  # fmt: skip
+                     f"{row['accepted_p50_ms']} / {row['accepted_p99_ms']} | {row['accepted_p99_bound_ms']} "
+                     f"({'met' if row['within_bound'] else 'NOT met'}) | {row['refused_p50_ms']} / {row['refused_p99_ms']} |")  # fmt: skip
     kill = result["killed_replica"]
     lines += ["", f"replica killed under load: {kill['statuses']}, every request answered or refused: "
               f"{kill['answered_or_refused']}, non-200 after the kill: {kill['errors_after_kill']} "
               f"(last {kill['last_error_after_kill_s']} s after it)", "",
               f"fuzzing (schemathesis, all checks, {args.fuzz_examples} examples per operation): "
               f"{result['fuzz']['failures']} failures"]  # fmt: skip
+    shadow = result["shadow"]
+    lines += ["", f"shadowing at c=1 ({shadow['rounds']} rounds × {shadow['requests_per_round']} requests per variant, "
+              f"alternating): p50 shadowed − plain {shadow['median_p50_difference_ms']} ms; spread of plain's "
+              f"per-round p50 {shadow['plain_round_spread_ms']} ms → within noise: {shadow['within_noise']}"]  # fmt: skip
     (out / "chaos.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

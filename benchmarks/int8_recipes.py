@@ -3,7 +3,8 @@
     python benchmarks/int8_recipes.py --model ../shared/models/minilm-l6-squad \
         --data ../shared/data/squad/dev.json --questions 200 --out benchmarks/numerics/int8-recipes.json
 
-For each recipe: the share of dev questions whose best span equals the fp32 torch model's (the whole
+Every recipe starts from the shipped export (ONNX Runtime's fused attention, `export_qa_onnx`); the
+unfused graph is timed beside it. For each recipe: the share of dev questions whose best span equals the fp32 torch model's (the whole
 QA engine: windows, span search), and the batch-1 seq-384 latency of the ORT session, timed interleaved
 with the fp32 ORT graph in one process (2 threads, medians). It is the evidence behind the int8 recipe
 `pruning.artifacts.export.quantize_qa_onnx` uses, and behind the parity bound it does not reach.
@@ -34,52 +35,48 @@ from service.qa_engine import QAEngine, QAInput  # noqa: E402
 
 
 def matmuls_by_role(graph: Path) -> dict[str, list[str]]:
-    """MatMul node names grouped by role. The exporter names nodes by counter, not module, but every BERT
-    layer exports its eight matrix products in one order: Q, K, V, QKᵀ, PV, output projection, FFN up, down."""
+    """MatMul node names of the fused graph grouped by role. Q/K/V and the attention products live in the
+    fused Attention nodes; every layer keeps three MatMuls in one order (output projection, FFN up, FFN
+    down), then the QA head's."""
     names = [n.name for n in onnx.load(str(graph)).graph.node if n.op_type == "MatMul"]
-    layers = [names[i : i + 8] for i in range(0, len(names) - 1, 8)]
-    return {
-        "ffn": [name for layer in layers for name in layer[6:8]],
-        "ffn_down": [layer[7] for layer in layers],
-        "qkv": [name for layer in layers for name in layer[:3]],
-    }
+    layers = [names[i : i + 3] for i in range(0, len(names) - 1, 3)]
+    return {"ffn": [name for layer in layers for name in layer[1:3]], "ffn_down": [layer[2] for layer in layers]}
 
 
-def recipes(graph: Path, out: Path) -> dict[str, Path]:
+def recipes(graph: Path, unfused: Path, out: Path) -> dict[str, Path]:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     roles = matmuls_by_role(graph)
+    per_channel = {"per_channel": True, "op_types_to_quantize": ["MatMul", "Attention"]}
     dynamic = {
         "dynamic, defaults": {},
-        "dynamic, per-channel MatMul (shipped)": {"per_channel": True, "op_types_to_quantize": ["MatMul"]},
-        "dynamic, per-channel, reduce_range": {
-            "per_channel": True,
-            "op_types_to_quantize": ["MatMul"],
-            "reduce_range": True,
-        },
-        "dynamic, per-channel, FFN down in fp32": {
-            "per_channel": True,
-            "op_types_to_quantize": ["MatMul"],
-            "nodes_to_exclude": roles["ffn_down"],
-        },
-        "dynamic, per-channel, FFN in fp32": {
-            "per_channel": True,
-            "op_types_to_quantize": ["MatMul"],
-            "nodes_to_exclude": roles["ffn"],
-        },
+        "dynamic, per-channel MatMul + Attention (shipped)": per_channel,
+        "dynamic, per-channel MatMul, attention in fp32": {"per_channel": True, "op_types_to_quantize": ["MatMul"]},
+        "dynamic, per-channel, reduce_range": {**per_channel, "reduce_range": True},
+        "dynamic, per-channel, FFN down in fp32": {**per_channel, "nodes_to_exclude": roles["ffn_down"]},
+        "dynamic, per-channel, FFN in fp32": {**per_channel, "nodes_to_exclude": roles["ffn"]},
     }
-    paths = {"fp32": graph}
+    paths = {"fp32": graph, "fp32, unfused graph": unfused}
     for index, (name, options) in enumerate(dynamic.items()):
         paths[name] = out / f"dynamic-{index}.onnx"
-        quantize_dynamic(str(graph), str(paths[name]), weight_type=QuantType.QInt8, **options)
-    for block in (32, 128):
-        name = f"weight-only 8-bit, block {block} (MatMulNBits, int8 compute)"
+        quantize_dynamic(
+            str(graph), str(paths[name]), weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}, **options,
+        )  # fmt: skip
+    attention_only = out / "attention-int8.onnx"
+    quantize_dynamic(
+        str(graph), str(attention_only), weight_type=QuantType.QInt8, per_channel=True,
+        op_types_to_quantize=["Attention"], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )  # fmt: skip
+    for block, start, label in ((32, graph, ""), (128, graph, ""), (128, attention_only, ", dynamic int8 attention"),
+                                (256, attention_only, ", dynamic int8 attention")):  # fmt: skip
+        name = f"weight-only 8-bit, block {block} (MatMulNBits, int8 compute){label}"
         quantizer = MatMulNBitsQuantizer(
-            onnx.load(str(graph)), bits=8, block_size=block, is_symmetric=True, accuracy_level=4
+            onnx.load(str(start)), bits=8, block_size=block, is_symmetric=True, accuracy_level=4
         )
         quantizer.process()
-        paths[name] = out / f"nbits-{block}.onnx"
+        paths[name] = out / f"nbits-{block}{'-qattention' if label else ''}.onnx"
         quantizer.model.save_model_to_file(str(paths[name]), use_external_data_format=False)
     return paths
 
@@ -107,7 +104,8 @@ def main() -> None:
     feed = {name: encoded[name].astype(np.int64) for name in ("input_ids", "attention_mask", "token_type_ids")}
     with tempfile.TemporaryDirectory() as scratch:
         graph = export_qa_onnx(checkpoint.model, Path(scratch) / "model.onnx")
-        paths = recipes(graph, Path(scratch))
+        unfused = export_qa_onnx(checkpoint.model, Path(scratch) / "unfused.onnx", fuse=False)
+        paths = recipes(graph, unfused, Path(scratch))
         sessions = {name: onnx_session(path, "cpu", threads=2, spinning=False) for name, path in paths.items()}
         rows = {}
         for name, session in sessions.items():

@@ -133,7 +133,7 @@ class VariantConfig(Strict):
     dtype: DType | Literal["int8"] = Field(
         "auto",
         description="torch: auto = float16 on CUDA, bfloat16 on CPUs with AMX/avx512_bf16, float32 on others; "
-        "onnx: float32 (auto) or int8 (dynamic quantisation of the export)",
+        "onnx: float32 (auto), float16 (CUDA) or int8 (dynamic quantisation of the export, CPU)",
     )
     compiled: bool = Field(
         False, description="QA with runtime torch: torch.compile the model at replica start (warmed before ready)"
@@ -158,8 +158,8 @@ class VariantConfig(Strict):
 
     @model_validator(mode="after")
     def _numerics_of_the_runtime(self) -> VariantConfig:
-        if self.runtime == "onnx" and self.dtype not in ("auto", "float32", "int8"):
-            raise ValueError(f"runtime onnx runs float32 or int8, not {self.dtype}")
+        if self.runtime == "onnx" and self.dtype not in ("auto", "float32", "float16", "int8"):
+            raise ValueError(f"runtime onnx runs float32, float16 or int8, not {self.dtype}")
         if self.runtime == "torch" and self.dtype == "int8":
             raise ValueError("dtype int8 needs runtime onnx (dynamic quantisation of the exported graph)")
         if self.compiled and self.runtime != "torch":

@@ -119,7 +119,9 @@ class _ModelServer:
 
     def _dtype_name(self) -> str:
         if self.variant.runtime == "onnx":
-            return "int8" if self.variant.dtype == "int8" else "float32"  # the graph's numerics
+            if self.variant.dtype == "auto":  # the graph's numerics: half on CUDA, as torch's auto
+                return "float16" if self.device.startswith("cuda") else "float32"
+            return self.variant.dtype
         return dtype_name(next(self.checkpoint.model.parameters()).dtype)
 
     def _threads(self) -> int:
@@ -178,14 +180,13 @@ class QAServer(_ModelServer):
         import tempfile
         from pathlib import Path
 
-        from pruning.artifacts.export import ONNX_NAME, onnx_session, quantize_qa_onnx
+        from pruning.artifacts.export import ONNX_NAME, onnx_in_numerics, onnx_session
         from pruning.runtime.candidates import onnx_graph
 
         path, scratch = self.checkpoint.directory / ONNX_NAME, Path(tempfile.mkdtemp(prefix="blockserve-onnx-"))
         if not path.is_file():
             path = onnx_graph(self.checkpoint.model.cpu(), "float32", scratch)
-        if self.variant.dtype == "int8":
-            path = quantize_qa_onnx(path, scratch / "model.int8.onnx")
+        path = onnx_in_numerics(path, self._dtype_name(), scratch)
         # Several replicas may share a CPU: idle ORT threads must not spin and steal it from the others.
         return onnx_session(path, device=self.device, threads=self.variant.threads, spinning=self.device == "cuda")
 

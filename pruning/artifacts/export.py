@@ -1,7 +1,16 @@
-"""ONNX export of (dense or compact) BERT QA models and ONNX Runtime sessions to run them.
+"""ONNX export of (dense or compact) BERT QA models, fused for ONNX Runtime, and sessions to run them.
 
-The graph is exported from the *eager* attention path: with SDPA the exported graph breaks on a
-layer with zero heads, and ONNX Runtime runs the plain matmul/softmax graph faster on CPU anyway.
+ONNX Runtime's fast path for BERT is its fused `Attention` operator (one kernel for Q/K/V, the scores,
+the mask and the context), which its transformer optimizer substitutes by matching the exported graph.
+The match needs three things the stock transformers graph does not give, so export runs a classic form:
+- explicit head counts in the Q/K/V reshapes: transformers reshapes with `-1` heads, which the optimizer
+  can resolve only from one global head count, and a compact model has a different count per layer;
+- the additive mask `(1 - mask) * -10000`, computed once from the 2-D mask (transformers 5 builds a
+  boolean mask that the optimizer matches only in some exporter outputs);
+- the TorchScript exporter: the dynamo exporter's graph optimiser merges the mask's two `Unsqueeze`s,
+  after which the mask pattern no longer matches.
+The numbers are the same as the torch model's (tested); `fused_attention_count` says how many layers fused.
+Layers that keep no heads keep the stock forward (their attention adds only the output bias).
 Batch and sequence axes are dynamic.
 """
 
@@ -12,29 +21,92 @@ import io
 import logging
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from pruning.artifacts.checkpoint import MANIFEST_NAME, load_checkpoint
 from pruning.core.errors import UnsupportedModelError
-from pruning.core.structure import task_of
+from pruning.core.structure import geometry_of, iter_layers, task_of
 from pruning.core.task_registry import onnx_tasks, task_entry
 
 log = logging.getLogger(__name__)
-# The exporter warns on every export that torchvision's detection ops cannot be registered; we export
-# no vision ops, so that is noise.
-logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 ONNX_NAME = "model.onnx"
 QA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 QA_OUTPUTS = ("start_logits", "end_logits")
+MASK_VALUE = -10000.0  # what ONNX Runtime's fused attention assumes for masked keys; exp() of it is 0 in fp32
 
 
-def export_qa_onnx(model: PreTrainedModel, path: str | Path) -> Path:
-    """Write `model` (a BERT QA model, dense or compact) as ONNX with dynamic batch and sequence."""
+class _AdditiveMaskQA(nn.Module):
+    """The QA model fed a ready 4-D additive mask (transformers passes a 4-D mask through as is)."""
+
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        keep = attention_mask.unsqueeze(1).unsqueeze(2).to(torch.float32)
+        outputs = self.model(
+            input_ids=input_ids, attention_mask=(1.0 - keep) * MASK_VALUE, token_type_ids=token_type_ids
+        )
+        return outputs.start_logits, outputs.end_logits
+
+
+def _explicit_heads_attention(query: nn.Linear, key: nn.Linear, value: nn.Linear, heads: int, head_dim: int):
+    """Self-attention with the layer's own head count written into every reshape (eager, no cache)."""
+    # Divided, not multiplied: a scaling `Mul` beside the mask's `Mul` hides the mask from the matcher.
+    divisor = float(head_dim) ** 0.5
+
+    def forward(hidden_states, attention_mask=None, *_, **__):
+        batch, tokens = hidden_states.shape[0], hidden_states.shape[1]
+        shape = (batch, tokens, heads, head_dim)
+        q = query(hidden_states).view(shape).transpose(1, 2)
+        k = key(hidden_states).view(shape).transpose(1, 2)
+        v = value(hidden_states).view(shape).transpose(1, 2)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / divisor
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        context = torch.matmul(torch.softmax(scores, dim=-1), v).transpose(1, 2)
+        return context.reshape(batch, tokens, heads * head_dim), None
+
+    return forward
+
+
+@contextlib.contextmanager
+def _fusable_attention(model: PreTrainedModel) -> Iterator[int]:
+    """Every self-attention block with heads runs `_explicit_heads_attention` inside; yields their count."""
+    geometry = geometry_of(model.config)
+    patched: list[nn.Module] = []
+    try:
+        for stack, _, layer in iter_layers(model):
+            head_dim = geometry.stack(stack.name).head_dim
+            for block in stack.attention:
+                query = layer.get_submodule(block.query)
+                heads = query.out_features // head_dim
+                if heads == 0 or block.attends_to_encoder:
+                    continue
+                owner = layer.get_submodule(block.query.rpartition(".")[0])
+                projections = (query, layer.get_submodule(block.key), layer.get_submodule(block.value))
+                owner.forward = _explicit_heads_attention(*projections, heads, head_dim)
+                patched.append(owner)
+        yield len(patched)
+    finally:
+        for owner in patched:
+            del owner.forward  # the class's forward again
+
+
+def export_qa_onnx(model: PreTrainedModel, path: str | Path, fuse: bool = True) -> Path:
+    """Write `model` (a BERT QA model, dense or compact) as ONNX with dynamic batch and sequence.
+
+    With `fuse`, the written graph is ONNX Runtime's optimised one (fused attention, layer norms, GELU);
+    a warning says when fewer attention blocks fused than the model has.
+    """
     task = task_of(model)
     if not task_entry(task).onnx_export:
         raise UnsupportedModelError(f"ONNX export supports {', '.join(onnx_tasks())}; this model is {task}")
@@ -43,34 +115,64 @@ def export_qa_onnx(model: PreTrainedModel, path: str | Path) -> Path:
     previous = model.config._attn_implementation
     model.set_attn_implementation("eager")
     # Example sizes > 1 so the exporter does not specialise the dynamic axes to 1.
-    example = {
-        "input_ids": torch.ones(2, 16, dtype=torch.long),
-        "attention_mask": torch.ones(2, 16, dtype=torch.long),
-        "token_type_ids": torch.zeros(2, 16, dtype=torch.long),
-    }
-    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    dynamic = {name: {0: batch, 1: sequence} for name in QA_INPUTS}
+    example = tuple(torch.ones(2, 16, dtype=torch.long) for _ in QA_INPUTS)
     exporter_output = io.StringIO()
     try:
-        # The exporter prints progress to stdout, which would corrupt `bench --json -`; keep it for debug.
-        with torch.no_grad(), warnings.catch_warnings(), contextlib.redirect_stdout(exporter_output):
-            warnings.simplefilter("ignore")  # the exporter warns about every traced shape guard
+        with (
+            torch.no_grad(),
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(exporter_output),  # would corrupt `bench --json -`
+            _fusable_attention(model) as attention_blocks,
+        ):
+            warnings.simplefilter("ignore")  # the TorchScript exporter is deprecated, and warns so
             torch.onnx.export(
-                model.eval(),
-                (),
+                _AdditiveMaskQA(model).eval(),
+                example,
                 str(path),
-                kwargs=example,
                 input_names=list(QA_INPUTS),
                 output_names=list(QA_OUTPUTS),
-                dynamic_shapes=dynamic,
-                dynamo=True,
-                verbose=False,
+                dynamic_axes={name: {0: "batch", 1: "sequence"} for name in (*QA_INPUTS, *QA_OUTPUTS)},
+                opset_version=17,
+                dynamo=False,
             )
     finally:
         model.set_attn_implementation(previous)
         log.debug("exporter output:\n%s", exporter_output.getvalue())
+    if fuse:
+        fused = _fuse_for_onnxruntime(path)
+        if fused != attention_blocks:
+            log.warning("%s: %d of %d attention blocks fused", path, fused, attention_blocks)
     log.info("exported %s", path)
     return path
+
+
+def _fuse_for_onnxruntime(path: Path) -> int:
+    """Rewrite `path` with ONNX Runtime's BERT fusions; the number of fused attention nodes."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    # num_heads=0: read from each layer's reshapes (they carry explicit counts, see the module docstring).
+    # opt_level 0: graph fusions only; the session applies ORT's own optimisations when it loads.
+    with _quiet():
+        optimized = optimize_model(str(path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0)
+    optimized.save_model_to_file(str(path))
+    return fused_attention_count(path)
+
+
+def fused_attention_count(path: str | Path) -> int:
+    """How many fused attention nodes (float or quantised) a graph has."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(node.op_type in ("Attention", "QAttention") for node in graph.node)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The optimizer logs every fusion it tries, at INFO and WARNING, under top-level logger names."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
 
 
 def export_checkpoint(model_dir: str | Path, out_dir: str | Path) -> Path:
@@ -84,6 +186,11 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path) -> Path:
         if source.is_file():
             shutil.copy2(source, out_dir / name)
     return onnx_path
+
+
+def onnx_runs_on_cuda() -> bool:
+    """Whether this onnxruntime build has the CUDA provider (onnxruntime-gpu), whatever the GPU."""
+    return "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 def onnx_providers(device: str = "auto") -> list[str]:
@@ -101,13 +208,45 @@ def quantize_qa_onnx(path: str | Path, out: str | Path) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out)
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # its pre-processing hint is noise here
-    # Per-channel weight scales and matrix products only (embeddings stay float): on the shared SQuAD
-    # MiniLM this kept the fp32 best span on 89.5 % of 200 dev questions, against 76.5 % with the defaults.
-    quantize_dynamic(
-        str(path), str(out), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
-    )
+    # Per-channel weight scales, matrix products and fused attention only (embeddings stay float):
+    # see `make bench-int8` for what each recipe keeps of the fp32 answers and what it costs.
+    with _quiet():  # its pre-processing hint is noise here
+        quantize_dynamic(
+            str(path),
+            str(out),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Attention"],
+            # Shape inference cannot type the outputs of the fused (com.microsoft) operators.
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return out
+
+
+def half_precision_onnx(path: str | Path, out: str | Path) -> Path:
+    """The graph with float16 weights and arithmetic for CUDA; inputs and logits keep their types."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(onnx.load(str(path)))
+    with _quiet():
+        model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(out))
+    return Path(out)
+
+
+ONNX_NUMERICS = ("float32", "float16", "int8")  # what an exported graph can be turned into
+
+
+def onnx_in_numerics(path: str | Path, dtype: str, directory: str | Path) -> Path:
+    """The fp32 export at `path` in `dtype` (one of ONNX_NUMERICS), written beside it in `directory`."""
+    path, directory = Path(path), Path(directory)
+    if dtype == "float32":
+        return path
+    if dtype == "int8":
+        return quantize_qa_onnx(path, directory / f"{path.stem}.int8.onnx")
+    if dtype == "float16":
+        return half_precision_onnx(path, directory / f"{path.stem}.fp16.onnx")
+    raise UnsupportedModelError(f"ONNX graphs run in {', '.join(ONNX_NUMERICS)}, not {dtype}")
 
 
 def onnx_session(

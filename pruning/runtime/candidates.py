@@ -1,8 +1,8 @@
 """The ways one checkpoint can run here — runtime × numerics — as callables with a common contract.
 
 A QA candidate is a `Forward`: model input arrays (windows × tokens) → start and end logits as float32
-numpy. torch runs in float32, bfloat16 or float16; ONNX Runtime runs the fp32 export, or that export
-with int8 weights (dynamic quantisation). The service serves through the same callables, and `blockserve
+numpy. torch runs in float32, bfloat16 or float16; ONNX Runtime runs the fused fp32 export, that export
+with int8 weights (dynamic quantisation, CPU), or in float16 (CUDA). The service serves through the same callables, and `blockserve
 tune` times and scores every candidate available on the device.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from pruning.artifacts.export import export_qa_onnx, onnx_session, quantize_qa_onnx
+from pruning.artifacts.export import export_qa_onnx, onnx_in_numerics, onnx_runs_on_cuda, onnx_session
 from pruning.core.task_registry import TaskEntry
 from pruning.runtime.numerics import capabilities, in_dtype
 
@@ -54,6 +54,8 @@ def available_candidates(entry: TaskEntry, device: str, compiled: bool = False) 
         found.append(Candidate("onnx", "float32"))
         if not device.startswith("cuda"):  # dynamic int8 kernels are the CPU provider's
             found.append(Candidate("onnx", "int8"))
+        elif onnx_runs_on_cuda():  # onnxruntime-gpu installed
+            found.append(Candidate("onnx", "float16"))
     return found
 
 
@@ -84,11 +86,9 @@ def onnx_forward(session) -> Forward:
 
 
 def onnx_graph(model: PreTrainedModel, dtype: str, directory: Path, name: str = "model") -> Path:
-    """The model exported for ONNX Runtime in `dtype` (float32, or int8 weights), written to `directory`."""
+    """The model exported for ONNX Runtime in `dtype` (float32, float16, or int8 weights), in `directory`."""
     graph = export_qa_onnx(in_dtype(model, torch.float32), Path(directory) / f"{name}.onnx")
-    if dtype == "int8":
-        return quantize_qa_onnx(graph, Path(directory) / f"{name}.int8.onnx")
-    return graph
+    return onnx_in_numerics(graph, dtype, directory)
 
 
 def qa_forward(

@@ -42,11 +42,23 @@ def test_candidates_follow_the_device():
     assert Candidate("torch", "float16") in available_candidates(qa, "cuda")
 
 
+def test_onnx_float16_is_a_candidate_where_onnxruntime_has_cuda(monkeypatch):
+    import pruning.runtime.candidates as candidates
+
+    qa = TASKS["question-answering"]
+    monkeypatch.setattr(candidates, "onnx_runs_on_cuda", lambda: False)
+    assert Candidate("onnx", "float16") not in available_candidates(qa, "cuda")
+    monkeypatch.setattr(candidates, "onnx_runs_on_cuda", lambda: True)
+    cuda = available_candidates(qa, "cuda")
+    assert Candidate("onnx", "float16") in cuda and Candidate("onnx", "int8") not in cuda
+    assert Candidate("onnx", "float16") not in available_candidates(qa, "cpu")
+
+
 def test_int8_serves_only_through_onnx():
     assert VariantConfig(checkpoint="x", runtime="onnx", dtype="int8").dtype == "int8"
     with pytest.raises(ValueError, match="dtype int8 needs runtime onnx"):
         VariantConfig(checkpoint="x", dtype="int8")
-    with pytest.raises(ValueError, match="runtime onnx runs float32 or int8, not bfloat16"):
+    with pytest.raises(ValueError, match="runtime onnx runs float32, float16 or int8, not bfloat16"):
         VariantConfig(checkpoint="x", runtime="onnx", dtype="bfloat16")
 
 
