@@ -199,6 +199,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request costs the load generator's CPU
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = [{"question": e.question, "context": e.context} for e in read_squad(Path(args.data))[:64]]

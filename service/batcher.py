@@ -42,6 +42,8 @@ class Overloaded(Exception):
     def __init__(self, expected_wait_s: float, limit_s: float) -> None:
         super().__init__(f"expected queue wait {expected_wait_s:.2f} s is over the {limit_s:g} s limit")
         self.retry_after_s = expected_wait_s
+        # The queue drains at the measured throughput: the wait is back under the limit after this long.
+        self.admit_again_in_s = max(0.0, expected_wait_s - limit_s)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from service.batcher import Batcher, BatchRun, Overloaded
 from service.config import BatchingConfig, GenerationConfig, LimitsConfig, VariantConfig
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
+from service.metrics_buffer import BufferedMetrics
 from service.qa_engine import EncodedQA, QAEngine, QAInput
 from service.schemas import VariantInfo
 from service.summarize_engine import EncodedSummary, SummarizeEngine, SummaryInput
@@ -44,6 +45,7 @@ class Outcome:
     error: str = ""
     model_seconds: float = 0.0
     retry_after_s: float | None = None  # 503s: when to come back
+    admit_again_in_s: float | None = None  # admission refusals: when this replica expects to admit again
 
 
 def resolve_device(device: str) -> str:
@@ -145,6 +147,7 @@ class _ModelServer:
                 503,
                 error=f"variant {self.variant_name!r} is overloaded: {refused}",
                 retry_after_s=refused.retry_after_s,
+                admit_again_in_s=refused.admit_again_in_s,
             )
 
     def infer(self, payloads: list) -> list:
@@ -246,12 +249,19 @@ class MetricsCollector:
     def drop_shadow(self, task: str, variant: str, reason: str) -> None:
         self.metrics.drop_shadow(task, variant, reason)
 
+    def record(self, events: list[tuple[str, tuple]]) -> None:
+        """A batch of updates from one process (`service.metrics_buffer`), applied in order."""
+        for method, args in events:
+            if method in BufferedMetrics.UPDATES:
+                getattr(self, method)(*args)
+
     def render(self) -> bytes:
         return self.metrics.render()
 
 
-def _metrics_collector():
+def _metrics_collector() -> BufferedMetrics:
     # Detached and named: every replica of every deployment finds the same one, and it outlives replica restarts.
-    return MetricsCollector.options(
+    actor = MetricsCollector.options(
         name=COLLECTOR_NAME, namespace=COLLECTOR_NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote()
+    return BufferedMetrics(actor)

@@ -2,7 +2,9 @@
 
 Routes: POST /v1/qa, POST /v1/summarize, GET /v1/models, /healthz, /readyz, /metrics, /docs.
 Status codes: 422 malformed body, 413 over token limits, 404 unknown variant, 503 + Retry-After
-when the variant's queue is full, 504 past the request deadline. Nothing a user sends gives a 500.
+when the variant's queue is full or its expected wait is over `max_queue_wait_s` (then, until the
+replica expects to admit again, the ingress refuses by itself: `service.admission`), 504 past the
+request deadline. Nothing a user sends gives a 500.
 
 No `from __future__ import annotations` here: FastAPI reads the route signatures' types at runtime.
 """
@@ -24,6 +26,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
+from service.admission import RefusalHold
 from service.config import AppConfig
 from service.deployments import Outcome, _metrics_collector
 from service.qa_engine import QAInput
@@ -130,6 +133,7 @@ class Ingress:
         self._shadows: dict[tuple[str, str], int] = {}  # (route, variant) → shadow requests in flight
         self._shadow_tasks: set[asyncio.Task] = set()
         self._random = random.Random()
+        self._hold = RefusalHold()
         _served()["config"] = self.config
 
     async def _call(self, route: str, variant: str | None, payload: Any) -> tuple[str, Outcome | JSONResponse]:
@@ -138,6 +142,11 @@ class Ingress:
         if name not in self.servers[route]:
             known = ", ".join(sorted(self.servers[route]))
             return name, _error(404, f"unknown variant {name!r} for /v1/{route} (configured: {known})")
+        held = self._hold.remaining_s((route, name))
+        if held is not None:  # its replicas said they cannot take work yet: no hop to hear it again
+            self.collector.reject.remote(route, name, "overloaded_at_ingress")
+            message = f"variant {name!r} is overloaded; it expects to admit requests again in {held:.2f} s"
+            return name, _error(503, message, **{"Retry-After": str(max(1, math.ceil(held)))})
         deadline = time.perf_counter() + task.limits.request_timeout_s
         for attempt in range(2):  # inference is idempotent: a request whose replica died is retried once
             response = self.servers[route][name].remote(payload)
@@ -147,7 +156,10 @@ class Ingress:
 
             try:
                 remaining = max(0.001, deadline - time.perf_counter())
-                return name, await asyncio.wait_for(result(), timeout=remaining)
+                outcome = await asyncio.wait_for(result(), timeout=remaining)
+                if outcome.admit_again_in_s is not None:
+                    self._hold.refused((route, name), outcome.admit_again_in_s)
+                return name, outcome
             except TimeoutError:
                 response.cancel()
                 self.collector.reject.remote(route, name, "deadline")
@@ -271,4 +283,4 @@ class Ingress:
                          "description": "Prometheus text exposition format"}},
     )  # fmt: skip
     async def metrics(self) -> Response:
-        return Response(await self.collector.render.remote(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await self.collector.render(), media_type=CONTENT_TYPE_LATEST)

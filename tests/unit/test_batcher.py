@@ -189,6 +189,7 @@ def test_admission_refuses_at_once_when_the_expected_wait_is_over_the_limit():
         with pytest.raises(Overloaded) as refused:  # 1.05 s ahead now
             await batcher.submit("refused", 100)
         assert refused.value.retry_after_s == pytest.approx(1.05)
+        assert refused.value.admit_again_in_s == pytest.approx(0.05)  # drained back under the limit by then
         assert batcher.queued == 10  # the refused one was never queued
         model.hold.set()
         await asyncio.gather(running, admitted, *queued)
