@@ -137,7 +137,10 @@ class Ingress:
         _served()["config"] = self.config
 
     async def _call(self, route: str, variant: str | None, payload: Any) -> tuple[str, Outcome | JSONResponse]:
-        task = self.config.tasks()[route]
+        task = self.config.tasks().get(route)
+        if task is None:  # the route exists in the API, but this server was configured without the task
+            configured = ", ".join(f"/v1/{name}" for name in self.config.tasks())
+            return variant or "", _error(404, f"this server does not serve /v1/{route} (it serves {configured})")
         name = variant or task.default_variant
         if name not in self.servers[route]:
             known = ", ".join(sorted(self.servers[route]))
