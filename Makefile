@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm bench-int8 gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-qa-bf16 pareto-qa serve-overhead chaos posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm bench-int8 gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-qa-bf16 posttrain-qa-b8 pareto-qa serve-overhead chaos posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -185,6 +185,17 @@ posttrain-qa-bf16: $(STAMP)
 	$(BIN)/blockserve bench --model $(PT_OUT)/minilm-fisher-1.5-bf16 --dtype auto --seq 384 --batch 1 --repeats 30 \
 		--json $(NUMERICS)/minilm-fisher-1.5-bf16-bench.jsonl
 	cp $(PT_OUT)/minilm-fisher-1.5-bf16/blockserve.json $(NUMERICS)/minilm-fisher-1.5-bf16-manifest.json
+
+# Issue 15's first target as a single run: a 1.5× budget at the throughput shape (b8 s384) in the served
+# numerics, weights reconstruction, no recovery; dev F1 in the manifest, then bench at b1 and b8 (~12 minutes).
+posttrain-qa-b8: $(STAMP)
+	mkdir -p $(NUMERICS) $(PT_OUT)
+	$(BIN)/blockserve prune --method posttrain --model $(MINILM) --calib $(SQUAD)/train.json --eval $(SQUAD)/dev.json \
+		--speedup 1.5 --seq 384 --batch 8 --dtype auto --repeats 10 --latency-cache $(PT_OUT)/latency-cache \
+		--out $(PT_OUT)/minilm-fisher-1.5-b8
+	$(BIN)/blockserve bench --model $(PT_OUT)/minilm-fisher-1.5-b8 --dtype auto --seq 384 --batch 1 8 --repeats 10 \
+		--json $(NUMERICS)/minilm-fisher-1.5-b8-bench.jsonl
+	cp $(PT_OUT)/minilm-fisher-1.5-b8/blockserve.json $(NUMERICS)/minilm-fisher-1.5-b8-manifest.json
 
 # Dev F1 against measured speedup (b8 s384, served numerics) for every way of making a faster QA model:
 # post-training without refit / scales / weights, + 10 min of distillation, and the teacher with layers

@@ -209,7 +209,8 @@ def fuzz(url: str, examples: int) -> dict:
 
     checks.load_all_checks()
     every_check = checks.CHECKS.get_all()
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    contract = schemathesis.config.SchemathesisConfig.from_path(ROOT / "schemathesis.toml")
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=contract)
     report = {}
     for result in schema.get_all_operations():
         operation = result.ok()

@@ -46,9 +46,13 @@ def build_app(args: dict[str, Any]) -> Application:
                 )
             )
     # The ingress only validates and routes: it reserves no CPU the model replicas could use, and holds
-    # every request the models can take, so requests wait in the models' batch queues, not in the proxy.
+    # every request the models can take, so requests wait in the models' batch queues, not in the proxy;
+    # the proxy holds only a few more (`proxy_queue`) for when the ingress itself falls behind.
     return Ingress.options(
-        name="ingress", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=config.ingress_capacity()
+        name="ingress",
+        ray_actor_options={"num_cpus": 0},
+        max_ongoing_requests=config.ingress_capacity(),
+        max_queued_requests=config.proxy_queue,
     ).bind(config.model_dump(), servers)
 
 

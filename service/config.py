@@ -231,6 +231,12 @@ class AppConfig(Strict):
     max_request_bytes: int = Field(
         1_000_000, ge=1024, le=10**9, description="request bodies over this get 413 before they are parsed"
     )
+    proxy_queue: int = Field(
+        32,
+        ge=1,
+        description="requests Ray's HTTP proxy may hold for a saturated ingress; beyond it the proxy answers 503 "
+        "(without a bound, an overloaded machine leaves them waiting there, unanswered)",
+    )
 
     @model_validator(mode="after")
     def _some_task(self) -> AppConfig:

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,8 +79,12 @@ class _ModelServer:
         self.batching = BatchingConfig()
         self.batcher = Batcher(self._run_batch, self.batching.policy(self.limits.request_timeout_s))
         self.collector = _metrics_collector()
-        self.engine = self._build_engine()
-        self._warm_up()
+        # Every model call runs on this one thread. With `asyncio.to_thread` each batch could land on another
+        # pool thread, and each thread drives its own OpenMP team: cold teams, and the idle ones spinning on
+        # the cores the running one needs.
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{variant_name}")
+        self.engine = self._model_thread.submit(self._build_engine).result()
+        self._model_thread.submit(self._warm_up).result()
 
     def _build_engine(self):
         raise NotImplementedError
@@ -92,8 +97,9 @@ class _ModelServer:
         self.batcher.reconfigure(self.batching.policy(self.limits.request_timeout_s))
         log.info("%s/%s batching: %s", self.task, self.variant_name, self.batching)
 
-    def check_health(self) -> None:
-        self._warm_up()  # a real, tiny inference
+    async def check_health(self) -> None:
+        # A real, tiny inference, on the model's thread: after the running batch, never beside it.
+        await asyncio.get_running_loop().run_in_executor(self._model_thread, self._warm_up)
 
     def info(self, is_default: bool = False) -> VariantInfo:
         manifest = self.checkpoint.manifest
@@ -155,7 +161,7 @@ class _ModelServer:
 
     async def _run_batch(self, run: BatchRun) -> list[Outcome]:
         # The model runs in a thread so the replica's event loop keeps accepting requests meanwhile.
-        results = await asyncio.to_thread(self.infer, run.payloads)
+        results = await asyncio.get_running_loop().run_in_executor(self._model_thread, self.infer, run.payloads)
         seconds = time.perf_counter() - run.started
         self.collector.observe_batch.remote(
             BatchObservation(
