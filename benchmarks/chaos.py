@@ -111,8 +111,12 @@ async def _open_loop_aiohttp(url: str, bodies, rate: float, seconds: float, time
             body = {**bodies[index % len(bodies)], "variant": "dense"}
             try:
                 async with session.post(f"{url}/v1/qa", json=body) as response:
-                    data = await response.json(content_type=None)
                     status = response.status
+                    raw = await response.read()
+                try:  # Ray's proxy answers its own refusals (503, `proxy_queue`) in plain text
+                    data = json.loads(raw)
+                except ValueError:
+                    data = None
             except (aiohttp.ClientError, TimeoutError):
                 return Sent(0, 1000 * (time.perf_counter() - start - due), None)
             inference = data.get("inference_ms") if status == 200 and isinstance(data, dict) else None
