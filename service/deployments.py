@@ -264,10 +264,16 @@ class MetricsCollector:
     def render(self) -> bytes:
         return self.metrics.render()
 
+    def ready(self) -> bool:
+        return True
+
 
 def _metrics_collector() -> BufferedMetrics:
     # Detached and named: every replica of every deployment finds the same one, and it outlives replica restarts.
     actor = MetricsCollector.options(
         name=COLLECTOR_NAME, namespace=COLLECTOR_NAMESPACE, get_if_exists=True, lifetime="detached"
     ).remote()
+    # One round trip now: a process's first call to an actor resolves where it lives, which on a busy machine
+    # took long enough that the first batch's metrics reached the collector only after a scrape.
+    ray.get(actor.ready.remote(), timeout=60)
     return BufferedMetrics(actor)

@@ -50,10 +50,19 @@ api = FastAPI(
 ERRORS = {code: {"model": ErrorBody} for code in (404, 413, 422, 503, 504)}
 
 
+# The request texts are stripped, then need one non-space character: say that, not pydantic's regex.
+_PLAIN_MESSAGES = {
+    "string_too_short": "must not be empty or only white space",
+    "string_pattern_mismatch": "must not be empty or only white space",
+}
+
+
 @api.exception_handler(RequestValidationError)
 async def _malformed(request: Request, error: RequestValidationError) -> JSONResponse:
     parts = [
-        f"{'.'.join(str(p) for p in item['loc'] if p != 'body') or 'body'}: {item['msg']}" for item in error.errors()
+        f"{'.'.join(str(p) for p in item['loc'] if p != 'body') or 'body'}: "
+        f"{_PLAIN_MESSAGES.get(item['type'], item['msg'])}"
+        for item in error.errors()
     ]
     return JSONResponse({"error": "; ".join(parts)}, status_code=422)
 

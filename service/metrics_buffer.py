@@ -3,8 +3,12 @@
 Every update used to be its own actor call: two or three per request, each a Ray task submission in the
 caller and a task in the collector. Under overload, on a machine where the HTTP path, the collector and
 the model share the cores, that was CPU the refusals and the model needed. Updates are now queued here
-and sent in one call per `FLUSH_S` (the first update of a quiet period schedules the flush); a scrape
-waits for one period so that what was answered before it is counted in it.
+and sent in one call per `FLUSH_S` (the first update of a quiet period schedules the flush).
+
+The exposition is therefore eventually consistent: a scrape sends its own process's updates and waits one
+period for the other processes' flushes, which counts what was answered before it in the usual case, but
+calls from different processes to the collector are not ordered, so an update can land one scrape later.
+Prometheus scrapes every few seconds and reads rates, which a delay of one period does not change.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ class BufferedMetrics:
             self.collector.record.remote(events)
 
     async def render(self) -> bytes:
-        """The collector's exposition, after this process's updates and one flush period of the others'."""
+        """The collector's exposition, after this process's updates and (usually) one flush period of the others'."""
         self.flush()
         await asyncio.sleep(self.flush_s)
         return await self.collector.render.remote()

@@ -12,9 +12,16 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
 
+# Text is stripped before it is checked, so a whitespace-only string is empty: the schema says so with a
+# pattern (at least one non-space character), which clients and contract fuzzers read, not only min_length.
+# The separators U+001C-001F are spelled out: Python's regex counts them as space, the server's (Rust) does
+# not, and the pattern must mean the same to a Python fuzzer and to the server.
+TEXT = r"[^\s\x1c-\x1f]"
+
+
 class QARequest(Strict):
-    question: str = Field(min_length=1, description="the question")
-    context: str = Field(min_length=1, description="the text holding the answer")
+    question: str = Field(min_length=1, pattern=TEXT, description="the question")
+    context: str = Field(min_length=1, pattern=TEXT, description="the text holding the answer")
     variant: str | None = Field(None, description="model variant (default: the config's default_variant)")
     top_k: int = Field(1, ge=1, le=20, description="answers to return, best first")
 
@@ -44,7 +51,7 @@ class QAResponse(Served):
 
 
 class SummarizeRequest(Strict):
-    text: str = Field(min_length=1, description="the article to summarise")
+    text: str = Field(min_length=1, pattern=TEXT, description="the article to summarise")
     variant: str | None = None
     max_new_tokens: int | None = Field(None, ge=1, description="may lower the configured limit, never raise it")
     num_beams: int | None = Field(None, ge=1, description="may lower the configured beam width, never raise it")

@@ -24,6 +24,23 @@ URL = "http://127.0.0.1:8000"
 LONG_CONTEXT = " ".join(_CORPUS * 3)
 
 
+def _scrape_until(done, timeout_s: float = 15.0) -> dict:
+    """`/metrics` as {(name, labels): value}, re-read until `done(samples)` holds or the timeout passes.
+
+    The exposition is eventually consistent (`service.metrics_buffer`): an update from a replica can land
+    one scrape after the response it belongs to.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        samples = {}
+        for family in text_string_to_metric_families(httpx.get(f"{URL}/metrics", timeout=30).text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        if done(samples) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.25)
+
+
 def _compact(dense_dir, out):
     config = load_checkpoint(dense_dir).model.config
     compact_checkpoint(dense_dir, PruningPlan.uniform(geometry_of(config), 0.5, 0.5), out)
@@ -141,6 +158,7 @@ def test_summarize(served):
         ("/v1/qa", {"question": "q", "context": "x", "top_k": 0}, 422, "top_k"),
         ("/v1/qa", {"question": "q", "context": "x", "variant": "turbo"}, 404, "unknown variant 'turbo'"),
         ("/v1/qa", {"question": "q", "context": LONG_CONTEXT * 4}, 413, "the limit is 1000"),
+        ("/v1/summarize", {"text": " \n\x1c "}, 422, "text: must not be empty or only white space"),
         ("/v1/summarize", {"text": "x", "num_beams": 5}, 422, "num_beams 5 is above this service's limit of 2"),
         ("/v1/summarize", {"text": LONG_CONTEXT}, 413, "the limit is 120"),
     ],
@@ -158,18 +176,24 @@ def test_concurrent_requests_share_a_batch_and_metrics_parse(served):
             return await asyncio.gather(*(client.post(f"{URL}/v1/qa", json=b) for b in bodies))
 
     assert all(r.status_code == 200 for r in asyncio.run(burst()))
-    text = httpx.get(f"{URL}/metrics").text
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    too_long = {"question": "q", "context": LONG_CONTEXT * 4, "variant": "dense"}
+    assert httpx.post(f"{URL}/v1/qa", json=too_long, timeout=30).status_code == 413
     labels = (("task", "qa"), ("variant", "dense"))
+    rejected = ("blockserve_rejected_total", (("reason", "too_long"), *labels))
+    served = ("blockserve_requests_total", (("status", "200"), *labels))
+
+    def counted(samples) -> bool:
+        return (
+            samples.get(served, 0) >= 6
+            and samples.get(rejected, 0) >= 1
+            and (samples.get(("blockserve_batch_size_sum", labels), 0) >= 6)
+        )
+
+    samples = _scrape_until(counted)
+    assert counted(samples), sorted(k for k in samples if "blockserve" in k[0])
     batches = samples[("blockserve_batch_size_count", labels)]
-    requests = samples[("blockserve_batch_size_sum", labels)]
-    assert requests > batches  # at least one batch held more than one request
-    assert samples[("blockserve_requests_total", (("status", "200"), *labels))] >= 6
+    assert samples[("blockserve_batch_size_sum", labels)] > batches  # at least one batch held more than one request
     assert samples[("blockserve_inference_seconds_count", labels)] == batches
-    assert any(name == "blockserve_rejected_total" for name, _ in samples)
 
 
 @pytest.fixture(scope="module")
@@ -313,8 +337,8 @@ def test_overload_is_refused_at_once_with_a_retry_after_from_the_queue(admission
     assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
     refused = next(r for r in responses if r.status_code == 503)
     assert "overloaded" in refused.json()["error"] and int(refused.headers["Retry-After"]) >= 1
-    text = httpx.get(f"{URL}/metrics").text
-    assert 'reason="overloaded"' in text
+    samples = _scrape_until(lambda samples: any(("reason", "overloaded") in labels for _, labels in samples))
+    assert any(("reason", "overloaded") in labels for _, labels in samples)
 
 
 @pytest.fixture(scope="module")
@@ -389,15 +413,8 @@ def test_shadow_agreement_reads_100_percent_for_a_variant_identical_to_its_refer
         body = {"question": f"Question {index}?", "context": _CORPUS[index % 5]}
         assert httpx.post(f"{URL}/shadowed/v1/qa", json=body, timeout=60).status_code == 200
     labels = (("against", "dense"), ("task", "qa"), ("variant", "same"))
-    for _ in range(60):  # comparisons finish after the responses
-        samples = {}
-        for family in text_string_to_metric_families(httpx.get(f"{URL}/metrics").text):
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        key = ("blockserve_shadow_agreement_count", tuple(sorted((*labels, ("metric", "answer_f1")))))
-        if samples.get(key, 0) >= 6:
-            break
-        time.sleep(0.5)
+    key = ("blockserve_shadow_agreement_count", tuple(sorted((*labels, ("metric", "answer_f1")))))
+    samples = _scrape_until(lambda samples: samples.get(key, 0) >= 6, timeout_s=30)  # comparisons finish later
     for metric in ("answer_f1", "span_exact_match"):
         series = tuple(sorted((*labels, ("metric", metric))))
         count = samples[("blockserve_shadow_agreement_count", series)]
