@@ -1,0 +1,80 @@
+"""The replica's model thread runs OpenMP with the configured thread count, whatever Ray's default is."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# OpenMP's own answer, asked on the thread that will run the model: torch.get_num_threads() there reports
+# the count set on the main thread even where OpenMP runs with one.
+PROBE = textwrap.dedent(
+    """
+    import ctypes, glob, os
+    from concurrent.futures import ThreadPoolExecutor
+    import torch
+    from service.model_thread import model_thread
+
+    gomp = glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libgomp*.so*"))
+    omp = ctypes.CDLL(gomp[0]) if gomp else ctypes.CDLL("libgomp.so.1")
+    torch.set_num_threads(3)
+    plain = ThreadPoolExecutor(1).submit(omp.omp_get_max_threads).result()
+    ours = model_thread(3, "model").submit(omp.omp_get_max_threads).result()
+    print(plain, ours)
+    """
+)
+
+
+def test_model_thread_runs_with_the_configured_threads_under_rays_default():
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}  # what Ray gives a num_cpus=1 replica
+    done = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    plain, ours = map(int, done.stdout.split())
+    assert plain == 1  # the trap: a thread started later begins with the process default
+    assert ours == 3
+
+
+def test_a_replica_runs_every_torch_call_on_its_model_thread(dense_bert_dir, monkeypatch):
+    """Loading, warm-up and batches on one thread: a second OpenMP team in the process slows every forward."""
+    import asyncio
+    import threading
+
+    import service.deployments as deployments
+    from service.batcher import BatchRun
+    from service.qa_engine import QAInput
+
+    seen: dict[str, set[str]] = {}
+    real_load, real_answer = deployments.load_checkpoint, deployments.QAEngine.answer_encoded
+
+    def load(*args, **kwargs):
+        seen.setdefault("load", set()).add(threading.current_thread().name)
+        return real_load(*args, **kwargs)
+
+    def answer(self, payloads):
+        seen.setdefault("answer", set()).add(threading.current_thread().name)
+        return real_answer(self, payloads)
+
+    monkeypatch.setattr(deployments, "load_checkpoint", load)
+    monkeypatch.setattr(deployments.QAEngine, "answer_encoded", answer)
+    monkeypatch.setattr(deployments, "_metrics_collector", lambda: _NoMetrics())
+    variant = {"checkpoint": str(dense_bert_dir), "device": "cpu", "threads": 1}
+    limits = {"window_tokens": 64, "window_stride": 32, "max_question_tokens": 16, "max_input_tokens": 512}
+    server = deployments.QAServer.func_or_class("dense", variant, limits, {})
+    encoded, tokens = server.prepare(QAInput("What is served?", "Pruned models are served here."))
+    outcomes = asyncio.run(server._run_batch(BatchRun([encoded], [tokens], [0.0], 0.0)))
+
+    assert outcomes[0].status == 200
+    assert seen["load"] == seen["answer"] == {"model-dense_0"}  # warm-up and the batch: the same thread
+    assert server.info().threads == 1
+
+
+class _NoMetrics:
+    def __getattr__(self, name):
+        return _Remote()
+
+
+class _Remote:
+    def remote(self, *args, **kwargs) -> None:
+        return None
