@@ -83,7 +83,8 @@ tune-minilm: $(STAMP)
 bench-int8: $(STAMP)
 	mkdir -p $(NUMERICS)
 	$(BIN)/python benchmarks/int8_recipes.py --model $(SHARED)/models/minilm-l6-squad \
-		--data $(SHARED)/data/squad/dev.json --questions 200 --out $(NUMERICS)/int8-recipes.json
+		--data $(SHARED)/data/squad/dev.json --questions 200 --calib $(SHARED)/data/squad/train.json \
+		--out $(NUMERICS)/int8-recipes.json
 
 # On a CUDA machine only (never in CI): bench, latency model and the serving engines in the GPU's numerics,
 # results to benchmarks/gpu/. It needs no Ray and no install of the project (python on the checkout).

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from pruning.artifacts.checkpoint import load_checkpoint  # noqa: E402
 from pruning.artifacts.export import export_qa_onnx, onnx_session  # noqa: E402
+from pruning.methods.int8_calibration import Int8CalibrationSettings, calibrate_int8  # noqa: E402
 from pruning.runtime.candidates import onnx_forward, torch_forward  # noqa: E402
 from pruning.runtime.timing import time_interleaved  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
@@ -87,8 +89,13 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--questions", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument(
+        "--calib", help="train questions: also the calibrated recipe (`blockserve export --int8-calib`)"
+    )
+    parser.add_argument("--calib-questions", type=int, default=96)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     checkpoint = load_checkpoint(args.model)
     tokenizer = checkpoint.tokenizer()
@@ -106,6 +113,12 @@ def main() -> None:
         graph = export_qa_onnx(checkpoint.model, Path(scratch) / "model.onnx")
         unfused = export_qa_onnx(checkpoint.model, Path(scratch) / "unfused.onnx", fuse=False)
         paths = recipes(graph, unfused, Path(scratch))
+        calibration = None
+        if args.calib:
+            settings = Int8CalibrationSettings(int8_calib=args.calib, int8_questions=args.calib_questions, threads=2)
+            name = f"dynamic, per-channel, fp32 nodes chosen on {args.calib_questions} train questions (calibrated)"
+            calibration = calibrate_int8(graph, tokenizer, settings, Path(scratch) / "calibrated.onnx")
+            paths[name] = Path(scratch) / "calibrated.onnx"
         sessions = {name: onnx_session(path, "cpu", threads=2, spinning=False) for name, path in paths.items()}
         rows = {}
         for name, session in sessions.items():
@@ -121,7 +134,8 @@ def main() -> None:
     for name, timing in timings.items():
         rows[name]["b1_s384_ms"] = round(timing.median_ms, 2)
         rows[name]["vs_fp32"] = round(timings["fp32"].median_ms / timing.median_ms, 2)
-    result = {"model": args.model, "questions": len(inputs), "threads": 2, "recipes": rows}
+    result = {"model": args.model, "questions": len(inputs), "threads": 2, "recipes": rows,
+              "calibration": calibration.model_dump() if calibration else None}  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print("| recipe | best span = fp32 | b1 s384 ms | vs ORT fp32 |\n|---|---|---|---|")

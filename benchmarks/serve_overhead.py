@@ -166,9 +166,10 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["default", "throughput"],
-        choices=["default", "throughput"],
-        help="Ray Serve as shipped, and with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress, gRPC)",
+        default=["default", "colocated"],
+        choices=["default", "throughput", "colocated", "colocated-throughput"],
+        help="Ray Serve as shipped, with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress, gRPC), and with the "
+        "models in the ingress replica (`colocate: true`), and both",
     )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -186,12 +187,16 @@ def main() -> None:
     rows: list[dict] = []
     for mode in args.modes:
         # Ray Serve reads its mode from the environment of the processes Ray starts (after ray.init).
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if mode == "throughput" else "0"
-        server = f"blockserve {dtype_name(served_dtype)}" + (" throughput-optimized" if mode == "throughput" else "")
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if mode.endswith("throughput") else "0"
+        server = f"blockserve {dtype_name(served_dtype)}" + {
+            "default": "", "throughput": " throughput-optimized", "colocated": " colocated",
+            "colocated-throughput": " colocated throughput-optimized",
+        }[mode]  # fmt: skip
         with tempfile.TemporaryDirectory() as scratch:
             config = Path(scratch) / "serve.yaml"
-            config.write_text(yaml.safe_dump(blockserve_config(args.dense, args.pruned, args.dtype, args.threads,
-                                                               args.port, args.max_batch)))  # fmt: skip
+            document = blockserve_config(args.dense, args.pruned, args.dtype, args.threads, args.port, args.max_batch)
+            document["applications"][0]["args"]["colocate"] = mode.startswith("colocated")
+            config.write_text(yaml.safe_dump(document))
             with served(config) as url:
                 wait_ready(url, 300)
                 for concurrency in args.levels:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pruning.artifacts.records import Evaluation, PlanFileMethod, Scores
 from pruning.core.options import ExistingFile, Flag, ModelReference
 from pruning.core.plan import Alignment, PruningPlan
+from pruning.methods.int8_calibration import Int8CalibrationSettings
 from pruning.runtime.bench import BenchSettings
 from pruning.runtime.runners import TimingOptions
 from pruning.tasks.evaluate import EvaluateJob
@@ -62,7 +63,8 @@ class CompactJob(Job):
 
 class ExportJob(Job):
     model: ModelReference = Field(description="checkpoint directory or hub id")
-    out: Path = Field(description="output directory (model.onnx + tokenizer + manifest)")
+    out: Path = Field(description="output directory (the checkpoint + model.onnx; may be the checkpoint's own)")
+    int8: Int8CalibrationSettings = Int8CalibrationSettings()
 
 
 class BenchJob(_ModelOrPreset):
@@ -217,9 +219,20 @@ def run_compact(job: CompactJob) -> None:
 
 
 def run_export(job: ExportJob) -> None:
-    from pruning.artifacts.export import export_checkpoint
+    from pruning.artifacts.checkpoint import load_checkpoint
+    from pruning.artifacts.export import INT8_NAME, INT8_REPORT, export_checkpoint
+    from pruning.methods.int8_calibration import calibrate_int8
 
-    print(f"wrote {export_checkpoint(job.model, job.out)}")
+    graph = export_checkpoint(job.model, job.out)
+    print(f"wrote {graph}")
+    if job.int8.int8_calib:
+        report = calibrate_int8(graph, load_checkpoint(job.out).tokenizer(), job.int8, job.out / INT8_NAME)
+        write_json(report.model_dump_json(indent=2), job.out / INT8_REPORT)
+        print(
+            f"wrote {job.out / INT8_NAME}: {len(report.kept_fp32)} of {len(report.sensitivity)} nodes kept in "
+            f"float32, best span = fp32 on {report.agreement:.1%} of {report.windows} calibration windows "
+            f"(all int8: {report.agreement_all_int8:.1%}); details in {job.out / INT8_REPORT}"
+        )
 
 
 def run_bench(job: BenchJob) -> None:

@@ -126,7 +126,8 @@ def tune(job: TuneJob) -> TuneReport:
         if entry.generates:
             timings, scores, metric = _summarization(model, tokenizer, task, examples, candidates, shape, job)
         else:
-            timings, scores, metric = _question_answering(model, tokenizer, task, examples, candidates, shape, job, Path(scratch))  # fmt: skip
+            timings, scores, metric = _question_answering(model, tokenizer, task, examples, candidates, shape, job,
+                                                          Path(scratch), checkpoint.directory)  # fmt: skip
     reference_ms, reference_score = timings[REFERENCE.name].median_ms, scores[REFERENCE.name]
     measured = []
     for candidate in candidates:
@@ -159,11 +160,12 @@ def tune(job: TuneJob) -> TuneReport:
     )  # fmt: skip
 
 
-def _question_answering(model, tokenizer, task, examples, candidates, shape, job, scratch):
+def _question_answering(model, tokenizer, task, examples, candidates, shape, job, scratch, checkpoint_dir):
     positions = model.config.max_position_embeddings
     if task.max_length > positions:
         raise BlockserveError(f"--max-length {task.max_length} exceeds the model's {positions} positions")
-    forwards = {c.name: qa_forward(model, c, scratch, job.device, job.threads) for c in candidates}
+    forwards = {c.name: qa_forward(model, c, scratch, job.device, job.threads, checkpoint_dir=checkpoint_dir)
+                for c in candidates}  # fmt: skip
     inputs = random_inputs(model, shape, job.device)
     arrays = {name: inputs[name].cpu().numpy().astype(np.int64) for name in QA_INPUTS if name in inputs}
     timings = time_interleaved(

@@ -22,6 +22,13 @@ class ConfigError(BlockserveError):
 def build_app(args: dict[str, Any]) -> Application:
     """Validate the config (errors name the field) and bind one deployment per (task, variant) behind the ingress."""
     config = AppConfig.model_validate(args)
+    if config.colocate:  # the ingress builds the model servers itself, in its own process
+        return Ingress.options(
+            name="ingress",
+            ray_actor_options=config.colocated_resources(),
+            max_ongoing_requests=config.ingress_capacity(),
+            max_queued_requests=config.proxy_queue,
+        ).bind(config.model_dump(), None)
     servers: dict[str, dict[str, Application]] = {}
     for route, task in config.tasks().items():
         servers[route] = {}

@@ -238,6 +238,31 @@ class AppConfig(Strict):
         "(without a bound, an overloaded machine leaves them waiting there, unanswered)",
     )
 
+    colocate: bool = Field(
+        False,
+        description="run every variant's model inside the ingress replica: one process, no hop between the HTTP "
+        "layer and the model (lowest latency on a small machine); variants then share the ingress's replicas and "
+        "one model thread, so per-variant replicas and autoscaling do not apply",
+    )
+
+    @model_validator(mode="after")
+    def _colocated_variants_do_not_scale_alone(self) -> AppConfig:
+        if not self.colocate:
+            return self
+        for route, task in self.tasks().items():
+            for name, variant in task.variants.items():
+                if variant.autoscaling is not None or variant.replicas != 1:
+                    raise ValueError(
+                        f"{route}.variants.{name}: with colocate, variants live in the ingress replica and scale "
+                        "with it; remove replicas/autoscaling (or set colocate: false)"
+                    )
+        return self
+
+    def colocated_resources(self) -> dict[str, float]:
+        """What the ingress replica reserves when it holds the models: the sum of the variants' requests."""
+        variants = [v for task in self.tasks().values() for v in task.variants.values()]
+        return {"num_cpus": sum(v.num_cpus for v in variants), "num_gpus": sum(v.num_gpus for v in variants)}
+
     @model_validator(mode="after")
     def _some_task(self) -> AppConfig:
         if self.qa is None and self.summarize is None:

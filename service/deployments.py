@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,7 +63,9 @@ class _ModelServer:
 
     task = ""
 
-    def __init__(self, variant_name: str, variant: dict, limits: dict, generation: dict) -> None:
+    def __init__(
+        self, variant_name: str, variant: dict, limits: dict, generation: dict, model_executor: Executor | None = None
+    ) -> None:
         self.variant_name = variant_name
         self.variant = VariantConfig.model_validate(variant)
         self.limits = LimitsConfig.model_validate(limits)
@@ -75,7 +78,8 @@ class _ModelServer:
         # team in the process — from loading on the main thread, or from `asyncio.to_thread` moving batches
         # between pool threads — made every forward ~30 % slower here (MiniLM bf16, 2 threads: 18.7 → 24.5 ms).
         self.threads = self.variant.threads or torch.get_num_threads()  # Ray's default: num_cpus, 1 when fractional
-        self._model_thread = model_thread(self.threads, f"model-{variant_name}")
+        # Colocated variants (`service.colocated`) share their process's one model thread.
+        self._model_thread = model_executor or model_thread(self.threads, f"model-{variant_name}")
         self._model_thread.submit(self._load).result()
         self.batching = BatchingConfig()
         self.batcher = Batcher(self._run_batch, self.batching.policy(self.limits.request_timeout_s))
@@ -185,17 +189,22 @@ class QAServer(_ModelServer):
         return QAEngine(forward, self.tokenizer, self.limits, positions)
 
     def _onnx_session(self):
-        """The checkpoint's `model.onnx` if `blockserve export` wrote one, else an export made now."""
+        """The graph `blockserve export` wrote into the checkpoint for this dtype (int8: with its float32 nodes
+        chosen by calibration), else `model.onnx` turned into it, else an export made now."""
         import tempfile
         from pathlib import Path
 
-        from pruning.artifacts.export import ONNX_NAME, onnx_in_numerics, onnx_session
+        from pruning.artifacts.export import onnx_in_numerics, onnx_session, prepared_graph
         from pruning.runtime.candidates import onnx_graph
 
-        path, scratch = self.checkpoint.directory / ONNX_NAME, Path(tempfile.mkdtemp(prefix="blockserve-onnx-"))
-        if not path.is_file():
-            path = onnx_graph(self.checkpoint.model.cpu(), "float32", scratch)
-        path = onnx_in_numerics(path, self._dtype_name(), scratch)
+        dtype, scratch = self._dtype_name(), Path(tempfile.mkdtemp(prefix="blockserve-onnx-"))
+        path = prepared_graph(self.checkpoint.directory, dtype)
+        if path is None:
+            path = prepared_graph(self.checkpoint.directory, "float32") or onnx_graph(
+                self.checkpoint.model.cpu(), "float32", scratch
+            )
+            path = onnx_in_numerics(path, dtype, scratch)
+        log.info("%s/%s serves %s", self.task, self.variant_name, path)
         # Several replicas may share a CPU: idle ORT threads must not spin and steal it from the others.
         return onnx_session(path, device=self.device, threads=self.variant.threads, spinning=self.device == "cuda")
 

@@ -27,6 +27,7 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from service.admission import RefusalHold
+from service.colocated import colocated_servers
 from service.config import AppConfig
 from service.deployments import Outcome, _metrics_collector
 from service.qa_engine import QAInput
@@ -135,9 +136,10 @@ def with_config_bounds(schema: dict, config: AppConfig) -> dict:
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: dict, servers: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, config: dict, servers: dict[str, dict[str, Any]] | None) -> None:
         self.config = AppConfig.model_validate(config)
-        self.servers = servers  # route → variant → DeploymentHandle
+        # route → variant → DeploymentHandle, or with `colocate` a handle on a model server in this process
+        self.servers = servers if servers is not None else colocated_servers(self.config)
         self.collector = _metrics_collector()
         self._shadows: dict[tuple[str, str], int] = {}  # (route, variant) → shadow requests in flight
         self._shadow_tasks: set[asyncio.Task] = set()

@@ -21,7 +21,7 @@ import io
 import logging
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import onnx
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from pruning.artifacts.checkpoint import MANIFEST_NAME, load_checkpoint
+from pruning.artifacts.checkpoint import MANIFEST_NAME, WEIGHTS_NAME, load_checkpoint
 from pruning.core.errors import UnsupportedModelError
 from pruning.core.structure import geometry_of, iter_layers, task_of
 from pruning.core.task_registry import onnx_tasks, task_entry
@@ -38,6 +38,8 @@ from pruning.core.task_registry import onnx_tasks, task_entry
 log = logging.getLogger(__name__)
 
 ONNX_NAME = "model.onnx"
+INT8_NAME = "model.int8.onnx"  # written by `blockserve export --int8-calib` (float32 nodes chosen by measurement)
+INT8_REPORT = "int8.json"
 QA_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 QA_OUTPUTS = ("start_logits", "end_logits")
 MASK_VALUE = -10000.0  # what ONNX Runtime's fused attention assumes for masked keys; exp() of it is 0 in fp32
@@ -176,16 +178,27 @@ def _quiet() -> Iterator[None]:
 
 
 def export_checkpoint(model_dir: str | Path, out_dir: str | Path) -> Path:
-    """Export a checkpoint directory to `out_dir/model.onnx`, copying its tokenizer and manifest."""
+    """Export a checkpoint directory to `out_dir/model.onnx`, beside a copy of the checkpoint itself
+    (weights, config, tokenizer, manifest): the directory serves in any runtime. `out_dir` may be
+    `model_dir`."""
     checkpoint = load_checkpoint(model_dir)
     out_dir = Path(out_dir)
     onnx_path = export_qa_onnx(checkpoint.model, out_dir / ONNX_NAME)
     checkpoint.model.config.save_pretrained(out_dir)
-    for name in (MANIFEST_NAME, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        source = checkpoint.directory / name
-        if source.is_file():
-            shutil.copy2(source, out_dir / name)
+    names = (WEIGHTS_NAME, MANIFEST_NAME, "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "vocab.txt")  # fmt: skip
+    for name in names:
+        source, target = checkpoint.directory / name, out_dir / name
+        if source.is_file() and not (target.exists() and target.samefile(source)):
+            shutil.copy2(source, target)
     return onnx_path
+
+
+def prepared_graph(directory: str | Path, dtype: str) -> Path | None:
+    """The graph `blockserve export` wrote into a checkpoint directory for `dtype`, if it did."""
+    name = {"float32": ONNX_NAME, "int8": INT8_NAME}.get(dtype)
+    path = Path(directory) / name if name else None
+    return path if path is not None and path.is_file() else None
 
 
 def onnx_runs_on_cuda() -> bool:
@@ -203,8 +216,14 @@ def onnx_providers(device: str = "auto") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-def quantize_qa_onnx(path: str | Path, out: str | Path) -> Path:
-    """The exported graph with int8 weights (dynamic quantisation: activations scaled per batch at run time)."""
+def quantize_qa_onnx(
+    path: str | Path, out: str | Path, exclude: Sequence[str] = (), only: Sequence[str] | None = None
+) -> Path:
+    """The exported graph with int8 weights (dynamic quantisation: activations scaled per batch at run time).
+
+    `exclude`: nodes kept in float32 (`pruning.methods.int8_calibration` chooses them); `only`: quantise
+    just these nodes.
+    """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out)
@@ -217,6 +236,8 @@ def quantize_qa_onnx(path: str | Path, out: str | Path) -> Path:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul", "Attention"],
+            nodes_to_exclude=list(exclude),
+            nodes_to_quantize=list(only) if only is not None else None,
             # Shape inference cannot type the outputs of the fused (com.microsoft) operators.
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from pruning.artifacts.export import export_qa_onnx, onnx_in_numerics, onnx_runs_on_cuda, onnx_session
+from pruning.artifacts.export import (
+    export_qa_onnx,
+    onnx_in_numerics,
+    onnx_runs_on_cuda,
+    onnx_session,
+    prepared_graph,
+)
 from pruning.core.task_registry import TaskEntry
 from pruning.runtime.numerics import capabilities, in_dtype
 
@@ -98,11 +104,17 @@ def qa_forward(
     device: str = "cpu",
     threads: int | None = None,
     spinning: bool = False,
+    checkpoint_dir: Path | None = None,
 ) -> Forward:
-    """The candidate's forward for `model` (ONNX graphs go to `scratch`; `model` itself is not changed)."""
+    """The candidate's forward for `model` (ONNX graphs go to `scratch`; `model` itself is not changed).
+
+    An ONNX candidate runs the graph `blockserve export` wrote into `checkpoint_dir` for its dtype where
+    there is one (int8: float32 nodes chosen by calibration), as the service would.
+    """
     if candidate.runtime == "onnx":
-        session = onnx_session(onnx_graph(model, candidate.dtype, scratch), device, threads, spinning=spinning)
-        return onnx_forward(session)
+        graph = prepared_graph(checkpoint_dir, candidate.dtype) if checkpoint_dir else None
+        graph = graph or onnx_graph(model, candidate.dtype, scratch)
+        return onnx_forward(onnx_session(graph, device, threads, spinning=spinning))
     model = in_dtype(model, getattr(torch, candidate.dtype)).to(device).eval()
     return torch_forward(compile_frozen(model) if candidate.compiled else model)
 

@@ -419,3 +419,50 @@ def test_shadow_agreement_reads_100_percent_for_a_variant_identical_to_its_refer
         series = tuple(sorted((*labels, ("metric", metric))))
         count = samples[("blockserve_shadow_agreement_count", series)]
         assert count >= 6 and samples[("blockserve_shadow_agreement_sum", series)] == count  # every one agrees
+
+
+@pytest.fixture(scope="module")
+def colocated(served, dense_bert_dir, summarizer_dir):
+    """The same variants, but `colocate: true`: the models live in the ingress replica."""
+    from ray import serve
+
+    from service.app import build_app
+
+    config = {
+        "colocate": True,
+        "qa": {**served["qa"], "default_variant": "pruned"},
+        "summarize": {"default_variant": "dense", "variants": {"dense": {"checkpoint": str(summarizer_dir), "num_cpus": 0.1}},
+                      "limits": served["summarize"]["limits"], "generation": served["summarize"]["generation"]},
+    }  # fmt: skip
+    serve.run(build_app(config), name="colocated", route_prefix="/colocated")
+    yield config
+    serve.delete("colocated")
+
+
+def test_colocated_variants_answer_like_deployed_ones_from_one_process(colocated):
+    models = httpx.get(f"{URL}/colocated/v1/models", timeout=30).json()
+    assert {(m["task"], m["variant"]) for m in models} == {("qa", "dense"), ("qa", "pruned"), ("summarize", "dense")}
+    assert len({m["replica_pid"] for m in models}) == 1  # one process: the ingress's
+    assert httpx.get(f"{URL}/colocated/readyz", timeout=30).status_code == 200
+    for variant in ("dense", "pruned"):
+        body = {"question": "Where is Fresno?", "context": LONG_CONTEXT, "variant": variant, "top_k": 2}
+        near = httpx.post(f"{URL}/colocated/v1/qa", json=body, timeout=30)
+        far = httpx.post(f"{URL}/v1/qa", json=body, timeout=30)
+        assert near.status_code == far.status_code == 200, near.text
+        assert (near.json()["start"], near.json()["end"]) == (far.json()["start"], far.json()["end"])
+        assert near.json()["answers"] == far.json()["answers"]
+    summary = httpx.post(f"{URL}/colocated/v1/summarize", json={"text": _CORPUS[0]}, timeout=60)
+    assert summary.status_code == 200 and summary.json()["variant"] == "dense"
+    # The same errors as with deployed variants.
+    unknown = httpx.post(f"{URL}/colocated/v1/qa", json={"question": "Q?", "context": "C.", "variant": "x"}, timeout=30)
+    assert unknown.status_code == 404 and "unknown variant 'x'" in unknown.json()["error"]
+    too_long = httpx.post(f"{URL}/colocated/v1/summarize", json={"text": LONG_CONTEXT * 3}, timeout=30)
+    assert too_long.status_code == 413, too_long.text
+
+    # Concurrent requests still batch: the colocated batcher is the same.
+    async def burst():
+        async with httpx.AsyncClient(timeout=60) as client:
+            body = {"question": "Where?", "context": _CORPUS[2], "variant": "dense"}
+            return await asyncio.gather(*(client.post(f"{URL}/colocated/v1/qa", json=body) for _ in range(8)))
+
+    assert all(r.status_code == 200 for r in asyncio.run(burst()))

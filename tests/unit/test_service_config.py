@@ -133,3 +133,19 @@ def test_the_ray_batch_timeout_is_read_as_a_fill_wait():
     batching = config.qa.variants["dense"].batching
     assert batching.max_wait_ms == 5.0 and batching.policy().max_wait_s == 0.005
     assert AppConfig.model_validate(_config()).qa.variants["dense"].batching.max_wait_ms == 0.0  # no wait by default
+
+
+def test_colocated_variants_reserve_their_sum_and_do_not_scale_alone():
+    data = {**_config(), "colocate": True}
+    data["qa"]["variants"]["dense"].update(num_cpus=0.5)
+    data["qa"]["variants"]["pruned"].update(num_cpus=1.5, num_gpus=0.25)
+    assert AppConfig.model_validate(data).colocated_resources() == {"num_cpus": 2.0, "num_gpus": 0.25}
+    data["qa"]["variants"]["pruned"].update(replicas=2)
+    with pytest.raises(ValidationError, match="qa.variants.pruned: with colocate, variants live in the ingress"):
+        AppConfig.model_validate(data)
+    data["qa"]["variants"]["pruned"].pop("replicas")
+    data["qa"]["variants"]["pruned"].update(autoscaling={"min_replicas": 1, "max_replicas": 3})
+    with pytest.raises(ValidationError, match="remove replicas/autoscaling"):
+        AppConfig.model_validate(data)
+    data["colocate"] = False  # the same variants as deployments of their own are fine
+    assert AppConfig.model_validate(data).colocate is False
