@@ -55,7 +55,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else None
 
 
-def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int, shadow: float = 0.0) -> dict:
+def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int, shadow: float = 0.0,
+           colocate: bool = False) -> dict:  # fmt: skip
     variant = {"checkpoint": model, "device": "cpu", "dtype": "auto", "replicas": replicas, "num_cpus": 1,
                "threads": threads, "max_ongoing_requests": 256, "max_queued_requests": 64,
                "batching": {"max_batch_size": 8, "max_batch_tokens": 3072, "max_queue_wait_s": max_queue_wait_s}}  # fmt: skip
@@ -68,8 +69,8 @@ def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, por
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app",
-                          "args": {"qa": {"default_variant": "dense", "variants": variants,
-                                          "limits": LIMITS}}}],
+                          "args": {"colocate": colocate, "qa": {"default_variant": "dense", "variants": variants,
+                                                                "limits": LIMITS}}}],
     }  # fmt: skip
 
 
@@ -253,6 +254,7 @@ def main() -> None:
     # which must keep answering 503s while the model is saturated. With 2, 8× overload starved it.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--port", type=int, default=8124)
+    parser.add_argument("--colocate", action="store_true", help="overload and fuzzing with the model in the ingress")
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -261,7 +263,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = [{"question": e.question, "context": e.context} for e in read_squad(Path(args.data))[:64]]
-    result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait}
+    result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait, "colocate": args.colocate}
     result["cpu_flags"] = reported_cpu_flags()
 
     def save() -> None:  # after every phase: a run cut short keeps what it measured
@@ -269,7 +271,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "one.yaml"
-        path.write_text(yaml.safe_dump(config(args.model, 1, args.threads, args.max_queue_wait, args.port)))
+        path.write_text(
+            yaml.safe_dump(config(args.model, 1, args.threads, args.max_queue_wait, args.port, colocate=args.colocate))
+        )
         with served(path) as url:
             rps = asyncio.run(capacity(url, bodies, args.capacity_concurrency, args.seconds))
             result["capacity_rps"] = round(rps, 2)
