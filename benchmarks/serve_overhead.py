@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -47,6 +48,23 @@ from service.qa_engine import QAEngine, QAInput  # noqa: E402
 
 log = logging.getLogger("serve-overhead")
 LIMITS = {"window_tokens": 384, "window_stride": 128, "max_question_tokens": 64, "max_input_tokens": 4096}
+
+
+@dataclass(frozen=True)
+class Mode:
+    label: str  # appended to the server's name in the results
+    colocate: bool = False  # the models in the ingress replica
+    throughput: bool = False  # RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC handles
+    haproxy: bool = False  # `http_front: haproxy`: HAProxy to the ingress replica's own HTTP server
+
+
+MODES = {
+    "default": Mode(""),
+    "throughput": Mode(" throughput-optimized", throughput=True),
+    "colocated": Mode(" colocated", colocate=True),
+    "colocated-throughput": Mode(" colocated throughput-optimized", colocate=True, throughput=True),
+    "colocated-haproxy": Mode(" colocated haproxy", colocate=True, haproxy=True),
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -166,10 +184,10 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["default", "colocated"],
-        choices=["default", "throughput", "colocated", "colocated-throughput"],
-        help="Ray Serve as shipped, with RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (direct ingress, gRPC), and with the "
-        "models in the ingress replica (`colocate: true`), and both",
+        default=["default", "colocated", "colocated-haproxy"],
+        choices=list(MODES),
+        help="ways to run Ray Serve: "
+        + "; ".join(f"{name}: {mode.label.strip() or 'as shipped'}" for name, mode in MODES.items()),
     )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -185,17 +203,20 @@ def main() -> None:
     log.info("bench: %s", bench)
 
     rows: list[dict] = []
-    for mode in args.modes:
-        # Ray Serve reads its mode from the environment of the processes Ray starts (after ray.init).
-        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1" if mode.endswith("throughput") else "0"
-        server = f"blockserve {dtype_name(served_dtype)}" + {
-            "default": "", "throughput": " throughput-optimized", "colocated": " colocated",
-            "colocated-throughput": " colocated throughput-optimized",
-        }[mode]  # fmt: skip
+    for name in args.modes:
+        mode = MODES[name]
+        # Ray Serve reads these from the environment of the processes Ray starts (after ray.init); with
+        # `http_front: haproxy` the service sets both itself (`service.app.prepare_ray_environment`).
+        for variable in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"):
+            os.environ.pop(variable, None)
+        if mode.throughput and not mode.haproxy:
+            os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+        server = f"blockserve {dtype_name(served_dtype)}{mode.label}"
         with tempfile.TemporaryDirectory() as scratch:
             config = Path(scratch) / "serve.yaml"
             document = blockserve_config(args.dense, args.pruned, args.dtype, args.threads, args.port, args.max_batch)
-            document["applications"][0]["args"]["colocate"] = mode.startswith("colocated")
+            document["applications"][0]["args"].update(colocate=mode.colocate,
+                                                       http_front="haproxy" if mode.haproxy else "ray-proxy")  # fmt: skip
             config.write_text(yaml.safe_dump(document))
             with served(config) as url:
                 wait_ready(url, 300)

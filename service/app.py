@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from pruning.core.plan import describe_validation_error
 from pruning.core.task_registry import route_entry
 from service.config import AppConfig
 from service.ingress import Ingress
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(BlockserveError):
@@ -84,6 +87,26 @@ def read_serve_config(path: str | Path) -> tuple[dict[str, Any], AppConfig]:
         ) from None
 
 
+def prepare_ray_environment(config: AppConfig) -> None:
+    """Set what `config.http_front` needs in this process's environment, which the Ray it starts inherits.
+
+    Call before `ray.init`; a variable the user set wins. Joining a running cluster, its own environment
+    decides (a warning says so when it would differ).
+    """
+    import os
+
+    import ray
+
+    wanted = config.ray_environment()
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        if any(os.environ.get(name) != value for name, value in wanted.items()):
+            log.warning("http_front %s needs %s in the Ray cluster's environment; a running cluster keeps its own",
+                        config.http_front, wanted)  # fmt: skip
+        return
+    for name, value in wanted.items():
+        os.environ.setdefault(name, value)
+
+
 def run_service(document: dict[str, Any], config: AppConfig, *, block: bool = True) -> str:
     """Start Ray (or join RAY_ADDRESS), deploy the application with the file's HTTP options; returns its URL.
 
@@ -97,6 +120,7 @@ def run_service(document: dict[str, Any], config: AppConfig, *, block: bool = Tr
     http = document.get("http_options") or {}
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     application = next(app for app in document["applications"] if app.get("import_path") == "service.app:build_app")
+    prepare_ray_environment(config)
     ray.init(ignore_reinit_error=True, include_dashboard=False)
     serve.start(http_options={"host": host, "port": port})
     serve.run(

@@ -86,7 +86,15 @@ def _volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
     return [{"name": "models", "persistentVolumeClaim": {"claimName": cluster.models_claim, "readOnly": True}}]
 
 
+def _ray_environment(serve_config: str | Path) -> list[dict[str, str]]:
+    from service.app import read_serve_config
+
+    _, config = read_serve_config(serve_config)
+    return [{"name": name, "value": value} for name, value in config.ray_environment().items()]
+
+
 def render_rayservice(serve_config: str | Path, cluster: ClusterSpec = DEFAULT_CLUSTER) -> dict[str, Any]:
+    environment = _ray_environment(serve_config)  # e.g. http_front: haproxy, read by every Ray process
     head = _container(cluster, "ray-head", cluster.head_cpus, cluster.head_memory)
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
@@ -96,6 +104,8 @@ def render_rayservice(serve_config: str | Path, cluster: ClusterSpec = DEFAULT_C
     ]
     worker = _container(cluster, "ray-worker", cluster.worker_cpus, cluster.worker_memory, cluster.gpus_per_worker)
     worker["ports"] = [{"containerPort": SERVE_PORT, "name": "serve"}]
+    for container in (head, worker) if environment else ():
+        container["env"] = environment
     # Ready once this node's Serve proxy answers; Serve's own health route, not the app's.
     worker["readinessProbe"] = {
         "httpGet": {"path": "/-/healthz", "port": SERVE_PORT},

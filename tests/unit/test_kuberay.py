@@ -133,3 +133,40 @@ def test_gpu_extra_brings_onnxruntime_gpu():
     gpu = project["optional-dependencies"]["gpu"]
     assert any(dep.startswith("onnxruntime-gpu") for dep in gpu)
     assert not any(dep.startswith("onnxruntime-gpu") for dep in project["dependencies"])
+
+
+def test_haproxy_front_reaches_every_ray_container_and_a_local_ray(tmp_path, monkeypatch):
+    document = yaml.safe_load(SERVE_GPU.read_text())
+    document["applications"][0]["args"]["http_front"] = "haproxy"
+    path = tmp_path / "serve.yaml"
+    path.write_text(yaml.safe_dump(document))
+    manifest = render_rayservice(path)
+    cluster = manifest["spec"]["rayClusterConfig"]
+    containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]]
+    containers += [group["template"]["spec"]["containers"][0] for group in cluster["workerGroupSpecs"]]
+    wanted = [
+        {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
+        {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
+    ]
+    assert all(container["env"] == wanted for container in containers)
+    if CRD.is_file():
+        jsonschema.validate(manifest, _crd_schema())
+    assert (
+        "env"
+        not in render_rayservice(SERVE_GPU)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
+            "containers"
+        ][0]
+    )
+
+    # `blockserve serve` starting Ray here: the variables are set for the processes it starts; the user's win.
+    from service.app import prepare_ray_environment
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
+    prepare_ray_environment(read_serve_config(path)[1])
+    import os
+
+    assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+    with pytest.raises(ValidationError, match="http_front"):
+        AppConfig.model_validate({**document["applications"][0]["args"], "http_front": "nginx"})
