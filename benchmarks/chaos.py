@@ -56,7 +56,7 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int, shadow: float = 0.0,
-           colocate: bool = False) -> dict:  # fmt: skip
+           colocate: bool = False, http_front: str = "ray-proxy") -> dict:  # fmt: skip
     variant = {"checkpoint": model, "device": "cpu", "dtype": "auto", "replicas": replicas, "num_cpus": 1,
                "threads": threads, "max_ongoing_requests": 256, "max_queued_requests": 64,
                "batching": {"max_batch_size": 8, "max_batch_tokens": 3072, "max_queue_wait_s": max_queue_wait_s}}  # fmt: skip
@@ -69,7 +69,7 @@ def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, por
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app",
-                          "args": {"colocate": colocate, "qa": {"default_variant": "dense", "variants": variants,
+                          "args": {"colocate": colocate, "http_front": http_front, "qa": {"default_variant": "dense", "variants": variants,
                                                                 "limits": LIMITS}}}],
     }  # fmt: skip
 
@@ -255,6 +255,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--port", type=int, default=8124)
     parser.add_argument("--colocate", action="store_true", help="overload and fuzzing with the model in the ingress")
+    parser.add_argument("--http-front", default="ray-proxy", choices=["ray-proxy", "haproxy"],
+                        help="overload and fuzzing behind this HTTP front")  # fmt: skip
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -263,7 +265,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = [{"question": e.question, "context": e.context} for e in read_squad(Path(args.data))[:64]]
-    result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait, "colocate": args.colocate}
+    result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait, "colocate": args.colocate,
+                    "http_front": args.http_front}  # fmt: skip
     result["cpu_flags"] = reported_cpu_flags()
 
     def save() -> None:  # after every phase: a run cut short keeps what it measured
@@ -272,7 +275,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "one.yaml"
         path.write_text(
-            yaml.safe_dump(config(args.model, 1, args.threads, args.max_queue_wait, args.port, colocate=args.colocate))
+            yaml.safe_dump(
+                config(
+                    args.model,
+                    1,
+                    args.threads,
+                    args.max_queue_wait,
+                    args.port,
+                    colocate=args.colocate,
+                    http_front=args.http_front,
+                )
+            )
         )
         with served(path) as url:
             rps = asyncio.run(capacity(url, bodies, args.capacity_concurrency, args.seconds))
