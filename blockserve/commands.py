@@ -219,14 +219,16 @@ def run_compact(job: CompactJob) -> None:
 
 
 def run_export(job: ExportJob) -> None:
-    from pruning.artifacts.checkpoint import load_checkpoint
+    from transformers import AutoTokenizer
+
     from pruning.artifacts.export import INT8_NAME, INT8_REPORT, export_checkpoint
     from pruning.methods.int8_calibration import calibrate_int8
 
     graph = export_checkpoint(job.model, job.out)
     print(f"wrote {graph}")
-    if job.int8.int8_calib:
-        report = calibrate_int8(graph, load_checkpoint(job.out).tokenizer(), job.int8, job.out / INT8_NAME)
+    if job.int8.int8_calib:  # the export directory holds the tokenizer; its weights are not needed here
+        tokenizer = AutoTokenizer.from_pretrained(job.out)
+        report = calibrate_int8(graph, tokenizer, job.int8, job.out / INT8_NAME)
         write_json(report.model_dump_json(indent=2), job.out / INT8_REPORT)
         print(
             f"wrote {job.out / INT8_NAME}: {len(report.kept_fp32)} of {len(report.sensitivity)} nodes kept in "

@@ -23,17 +23,11 @@ class ConfigError(BlockserveError):
 
 
 def build_app(args: dict[str, Any]) -> Application:
-    """Validate the config (errors name the field) and bind one deployment per (task, variant) behind the ingress."""
+    """Validate the config (errors name the field) and bind one deployment per (task, variant) behind the
+    ingress — or, with `colocate`, only the ingress, which builds the model servers in its own process."""
     config = AppConfig.model_validate(args)
-    if config.colocate:  # the ingress builds the model servers itself, in its own process
-        return Ingress.options(
-            name="ingress",
-            ray_actor_options=config.colocated_resources(),
-            max_ongoing_requests=config.ingress_capacity(),
-            max_queued_requests=config.proxy_queue,
-        ).bind(config.model_dump(), None)
-    servers: dict[str, dict[str, Application]] = {}
-    for route, task in config.tasks().items():
+    servers: dict[str, dict[str, Application]] | None = None if config.colocate else {}
+    for route, task in config.tasks().items() if servers is not None else ():
         servers[route] = {}
         for name, variant in task.variants.items():
             servers[route][name] = (
@@ -47,20 +41,14 @@ def build_app(args: dict[str, Any]) -> Application:
                     max_queued_requests=variant.max_queued_requests,
                     user_config=variant.batching.model_dump(),
                 )
-                # Batching travels only in user_config: init args that change would restart replicas.
-                .bind(
-                    name,
-                    variant.model_dump(exclude={"batching", "autoscaling"}),
-                    task.limits.model_dump(),
-                    task.generation.model_dump(),
-                )
+                .bind(*task.server_args(name))
             )
-    # The ingress only validates and routes: it reserves no CPU the model replicas could use, and holds
-    # every request the models can take, so requests wait in the models' batch queues, not in the proxy;
-    # the proxy holds only a few more (`proxy_queue`) for when the ingress itself falls behind.
+    # Apart from the models, the ingress only validates and routes: it reserves no CPU the model replicas
+    # could use, and holds every request the models can take, so requests wait in the models' batch queues,
+    # not in the proxy; the proxy holds only a few more (`proxy_queue`) for when the ingress itself falls behind.
     return Ingress.options(
         name="ingress",
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=config.colocated_resources() if config.colocate else {"num_cpus": 0},
         max_ongoing_requests=config.ingress_capacity(),
         max_queued_requests=config.proxy_queue,
     ).bind(config.model_dump(), servers)
@@ -107,10 +95,11 @@ def prepare_ray_environment(config: AppConfig) -> None:
         os.environ.setdefault(name, value)
 
 
-def run_service(document: dict[str, Any], config: AppConfig, *, block: bool = True) -> str:
+def run_service(document: dict[str, Any], config: AppConfig, *, block: bool = True, log_to_driver: bool = True) -> str:
     """Start Ray (or join RAY_ADDRESS), deploy the application with the file's HTTP options; returns its URL.
 
-    With `block`, serves until Ctrl-C and then shuts the application down.
+    With `block`, serves until Ctrl-C and then shuts the application down; without `log_to_driver`, the
+    replicas' logs stay in Ray's log files.
     """
     import time
 
@@ -121,7 +110,7 @@ def run_service(document: dict[str, Any], config: AppConfig, *, block: bool = Tr
     host, port = http.get("host", "127.0.0.1"), int(http.get("port", 8000))
     application = next(app for app in document["applications"] if app.get("import_path") == "service.app:build_app")
     prepare_ray_environment(config)
-    ray.init(ignore_reinit_error=True, include_dashboard=False)
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=log_to_driver)
     serve.start(http_options={"host": host, "port": port})
     serve.run(
         build_app(config.model_dump()),

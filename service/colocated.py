@@ -44,20 +44,13 @@ def colocated_servers(config: AppConfig) -> dict[str, dict[str, LocalHandle]]:
     second thread running torch work in the process would slow every forward (`service.model_thread`)."""
     import torch
 
-    variants = [v for task in config.tasks().values() for v in task.variants.values()]
-    executor = model_thread(max(v.threads or torch.get_num_threads() for v in variants), "model")
+    executor = model_thread(max(v.threads or torch.get_num_threads() for v in config.variants()), "model")
     servers: dict[str, dict[str, LocalHandle]] = {}
     for route, task in config.tasks().items():
         server_class = route_entry(route).resolve("server").func_or_class
         servers[route] = {}
         for name, variant in task.variants.items():
-            server = server_class(
-                name,
-                variant.model_dump(exclude={"batching", "autoscaling"}),
-                task.limits.model_dump(),
-                task.generation.model_dump(),
-                model_executor=executor,
-            )
+            server = server_class(*task.server_args(name), model_executor=executor)
             server.reconfigure(variant.batching.model_dump())  # a deployment gets it as user_config
             servers[route][name] = LocalHandle(server)
     return servers

@@ -216,6 +216,15 @@ class TaskConfig(Strict):
                 )
         return self
 
+    def server_args(self, name: str) -> tuple[str, dict, dict, dict]:
+        """The init arguments of variant `name`'s model server (`service.deployments`), deployed or colocated.
+
+        Batching travels apart (Ray's `user_config`, or `reconfigure` when colocated): changing it must not
+        restart replicas.
+        """
+        variant = self.variants[name].model_dump(exclude={"batching", "autoscaling"})
+        return name, variant, self.limits.model_dump(), self.generation.model_dump()
+
     @model_validator(mode="after")
     def _default_exists(self) -> TaskConfig:
         if self.default_variant not in self.variants:
@@ -274,7 +283,7 @@ class AppConfig(Strict):
 
     def colocated_resources(self) -> dict[str, float]:
         """What the ingress replica reserves when it holds the models: the sum of the variants' requests."""
-        variants = [v for task in self.tasks().values() for v in task.variants.values()]
+        variants = self.variants()
         return {"num_cpus": sum(v.num_cpus for v in variants), "num_gpus": sum(v.num_gpus for v in variants)}
 
     @model_validator(mode="after")
@@ -302,11 +311,14 @@ class AppConfig(Strict):
         server-side p50 was 2.4 s while clients saw 3.9 s, and batches never passed 3 requests).
         """
         total = 0
-        for task in self.tasks().values():
-            for variant in task.variants.values():
-                replicas = variant.autoscaling.max_replicas if variant.autoscaling else variant.replicas
-                total += replicas * (variant.max_ongoing_requests + variant.max_queued_requests)
+        for variant in self.variants():
+            replicas = variant.autoscaling.max_replicas if variant.autoscaling else variant.replicas
+            total += replicas * (variant.max_ongoing_requests + variant.max_queued_requests)
         return total
+
+    def variants(self) -> list[VariantConfig]:
+        """Every variant of every configured task."""
+        return [variant for task in self.tasks().values() for variant in task.variants.values()]
 
     def tasks(self) -> dict[str, TaskConfig]:
         """Route name (`qa`, `summarize`) → its config, for the tasks that are configured."""

@@ -61,11 +61,18 @@ DEFAULT_CLUSTER = ClusterSpec()
 
 def serve_config_v2(path: str | Path) -> str:
     """The Serve config file as KubeRay's `serveConfigV2` string, after validating it."""
+    return _serve_config_v2(_read(path)[0])
+
+
+def _read(path: str | Path):
     # Imported here: service.app imports Ray Serve, and every `blockserve` command imports this module
     # for `ClusterSpec` (its flags); only rendering a manifest needs the config reader.
     from service.app import read_serve_config
 
-    document, _ = read_serve_config(path)
+    return read_serve_config(path)
+
+
+def _serve_config_v2(document: dict[str, Any]) -> str:
     kept = {key: document[key] for key in ("proxy_location", "http_options", "applications") if key in document}
     return yaml.safe_dump(kept, sort_keys=False)
 
@@ -86,15 +93,10 @@ def _volumes(cluster: ClusterSpec) -> list[dict[str, Any]]:
     return [{"name": "models", "persistentVolumeClaim": {"claimName": cluster.models_claim, "readOnly": True}}]
 
 
-def _ray_environment(serve_config: str | Path) -> list[dict[str, str]]:
-    from service.app import read_serve_config
-
-    _, config = read_serve_config(serve_config)
-    return [{"name": name, "value": value} for name, value in config.ray_environment().items()]
-
-
 def render_rayservice(serve_config: str | Path, cluster: ClusterSpec = DEFAULT_CLUSTER) -> dict[str, Any]:
-    environment = _ray_environment(serve_config)  # e.g. http_front: haproxy, read by every Ray process
+    document, config = _read(serve_config)
+    # e.g. http_front: haproxy, read by every Ray process
+    environment = [{"name": name, "value": value} for name, value in config.ray_environment().items()]
     head = _container(cluster, "ray-head", cluster.head_cpus, cluster.head_memory)
     head["ports"] = [
         {"containerPort": 6379, "name": "gcs-server"},
@@ -121,7 +123,7 @@ def render_rayservice(serve_config: str | Path, cluster: ClusterSpec = DEFAULT_C
             # An image or cluster change starts a new cluster and moves traffic once it is ready;
             # a serveConfigV2-only change is applied to the running cluster.
             "upgradeStrategy": {"type": "NewCluster"},
-            "serveConfigV2": serve_config_v2(serve_config),
+            "serveConfigV2": _serve_config_v2(document),
             "rayClusterConfig": {
                 "enableInTreeAutoscaling": True,
                 "headGroupSpec": {

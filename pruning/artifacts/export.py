@@ -197,8 +197,9 @@ def export_checkpoint(model_dir: str | Path, out_dir: str | Path) -> Path:
 def prepared_graph(directory: str | Path, dtype: str) -> Path | None:
     """The graph `blockserve export` wrote into a checkpoint directory for `dtype`, if it did."""
     name = {"float32": ONNX_NAME, "int8": INT8_NAME}.get(dtype)
-    path = Path(directory) / name if name else None
-    return path if path is not None and path.is_file() else None
+    if name is None or not (Path(directory) / name).is_file():
+        return None
+    return Path(directory) / name
 
 
 def onnx_runs_on_cuda() -> bool:

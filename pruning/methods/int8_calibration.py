@@ -16,6 +16,7 @@ and `tune`'s `onnx int8` find them.
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +138,8 @@ def calibrate_int8(
     with tempfile.TemporaryDirectory(prefix="blockserve-int8-") as scratch:
 
         def quantised(keep: list[str], only: list[str] | None = None) -> Path:
-            path = Path(scratch) / "candidate.onnx"
+            # Each search step keeps its graph, so the chosen one is copied out, not quantised again.
+            path = Path(scratch) / ("alone.onnx" if only else f"keep-{len(keep)}.onnx")
             return quantize_qa_onnx(graph, path, exclude=keep, only=only)
 
         def agreement(logits) -> float:
@@ -168,7 +170,10 @@ def calibrate_int8(
             keep = high
         else:
             keep = 0
-        quantize_qa_onnx(graph, out, exclude=ranked[:keep])
+        if keep in measured:
+            shutil.copyfile(Path(scratch) / f"keep-{keep}.onnx", out)
+        else:  # every node kept: never measured, it is the fp32 graph
+            quantize_qa_onnx(graph, out, exclude=ranked)
     result = Int8Calibration(
         kept_fp32=ranked[:keep],
         agreement=round(measured.get(keep, 1.0), 4),

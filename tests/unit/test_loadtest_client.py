@@ -118,11 +118,11 @@ def test_a_stall_shows_in_every_open_loop_request_but_one_closed_loop_request():
     first = open_records[0].scheduled_s
     during = [r for r in open_records if r.scheduled_s < first + stall - slow_ms / 1000]
     assert len(during) >= 5
-    # Sent on time, answered only after the stall: each waited at least the rest of the stall. "On time"
-    # with room for a busy 2-core machine (one full `make test` saw a send > 0.1 s late): a sender the stall
-    # blocked would send its first request a whole stall late.
+    # Sent on time, answered only after the stall: each waited at least the rest of the stall. "On time" for
+    # most, with room for a busy 2-core machine (full `make test` runs saw single sends 0.1-0.4 s late): a
+    # sender the stall blocked would send every one of these at least slow_ms late.
     lateness = [r.sent_s - r.scheduled_s for r in during]
-    assert statistics.median(lateness) < 0.1 and max(lateness) < stall / 2, lateness
+    assert sum(late < 0.1 for late in lateness) >= 0.8 * len(lateness), lateness
     assert all(r.latency_ms >= slow_ms for r in during)
     assert sum(r.latency_ms >= slow_ms for r in open_records) >= len(during)
 
