@@ -201,9 +201,12 @@ posttrain-qa-b8: $(STAMP)
 # Dev F1 against measured speedup (b8 s384, served numerics) for every way of making a faster QA model:
 # post-training without refit / scales / weights, + 10 min of distillation, and the teacher with layers
 # dropped given the same distillation; paired differences to dense. ~70 minutes; results committed.
+# PARETO_ARGS=... PARETO_OUT=... to vary it (this CPU's run: --refits weights --recover-minutes 20).
+PARETO_ARGS ?= --refits none scales weights --recover-minutes 10
+PARETO_OUT ?= benchmarks/pareto
 pareto-qa: $(STAMP)
 	$(BIN)/python benchmarks/pareto_qa.py --model $(MINILM) --train $(SQUAD)/train.json --dev $(SQUAD)/dev.json \
-		--speedups 1.5 2.0 --recover-minutes 10 --keep-layers 3 4 --out benchmarks/pareto
+		--speedups 1.5 2.0 --keep-layers 3 4 $(PARETO_ARGS) --out $(PARETO_OUT)
 
 # What the serving path costs: blockserve (dense + a post-training 1.5× variant, served numerics) against
 # the naive FastAPI server (fp32 and served numerics), same load generator, c = 1 … 32 (~15 minutes).

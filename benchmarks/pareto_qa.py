@@ -82,6 +82,10 @@ def main() -> None:
     parser.add_argument("--speedups", type=float, nargs="+", default=[1.5, 2.0])
     parser.add_argument("--recover-minutes", type=float, default=10.0)
     parser.add_argument("--keep-layers", type=int, nargs="*", default=[3, 4])
+    parser.add_argument(
+        "--refits", nargs="+", choices=["none", "scales", "weights"], default=["none", "scales", "weights"],
+        help="refits scored without recovery (recovery always starts from the pipeline's weights refit)",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=384)
     parser.add_argument("--dtype", default="auto")
@@ -140,14 +144,16 @@ def main() -> None:
         plan = manifest.plan
         if calibration is None:
             calibration = task.train_features(tokenizer, task.load(args.train, settings.calib_samples))
-        for mode in ("none", "scales", "weights"):
-            if mode == settings.reconstruct:  # what the pipeline wrote
-                compact = load_checkpoint(work / name).model.eval()
-            else:
-                compact = compact_model(copy.deepcopy(dense), plan).eval()
-                reconstruct(compact, dense, task, tokenizer, calibration[: settings.reconstruct_samples], mode=mode)
-            score(f"{name} {mode}", f"posttrain, refit: {mode}", compact, plan=name, pruning_seconds=pruning_seconds)
+        for mode in [m for m in args.refits if m != settings.reconstruct]:
+            refit = compact_model(copy.deepcopy(dense), plan).eval()
+            reconstruct(refit, dense, task, tokenizer, calibration[: settings.reconstruct_samples], mode=mode)
+            score(f"{name} {mode}", f"posttrain, refit: {mode}", refit, plan=name, pruning_seconds=pruning_seconds)
+        compact = load_checkpoint(work / name).model.eval()  # what the pipeline wrote: the weights refit
+        if settings.reconstruct in args.refits:
+            score(f"{name} {settings.reconstruct}", f"posttrain, refit: {settings.reconstruct}", compact, plan=name,
+                  pruning_seconds=pruning_seconds)  # fmt: skip
         extra = distil(name, compact, {"plan": plan.digest()})
+        extra["whole_run_seconds"] = round(pruning_seconds + extra["recovery_seconds"], 1)
         score(f"{name} weights + {args.recover_minutes:g} min", "posttrain + recovery", compact, plan=name, **extra)
         models[name] = compact
     for keep in args.keep_layers:

@@ -60,7 +60,8 @@ class TimingOptions(BaseModel):
         0.10,
         gt=0.0,
         le=100.0,
-        description="latency model: re-measure (never cache) when the dense reference moved more",
+        description="latency model: time a chunk of probes again when their spread (IQR/median) is larger; "
+        "a table still noisier is used but never cached",
     )
 
     def torch_dtype(self) -> torch.dtype:

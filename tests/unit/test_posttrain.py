@@ -536,29 +536,46 @@ def test_a_measured_miss_corrects_the_search_budget(wordpiece_tokenizer, monkeyp
     assert attempts[1].search_budget_ms < budget and result.predicted_ms <= attempts[1].search_budget_ms
 
 
-def test_a_noisy_latency_table_is_measured_again_and_never_cached(wordpiece_tokenizer, tmp_path, monkeypatch):
+def test_a_noisy_chunk_is_timed_again_and_a_noisy_table_never_cached(wordpiece_tokenizer, tmp_path, monkeypatch):
     import pruning.methods.posttrain.latency_model as latency_model
-
-    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
-    quiet = _synthetic_table(model)
-    noises = iter([0.30, 0.25, 0.20])
-    monkeypatch.setattr(latency_model, "measure_table", lambda *a: quiet.model_copy(update={"noise": next(noises)}))
-    settings = LatencySettings(shape=Shape(1, 16), max_noise=0.10, attempts=3)
-    table, cached = latency_table(model, settings, tmp_path)
-    assert not cached and table.noise == 0.20  # the quietest of the three attempts ...
-    assert list(tmp_path.iterdir()) == []  # ... and nothing was cached
-    noises = iter([0.30, 0.05])
-    table, cached = latency_table(model, settings, tmp_path)
-    assert table.noise == 0.05 and load_cached(tmp_path, table.key) == table  # a quiet re-measurement is kept
-
-
-def test_noise_is_the_dense_references_spread_or_drift():
-    from pruning.methods.posttrain.latency_model import noise_of
     from pruning.runtime.timing import Timing
 
-    steady = [Timing((10.0, 10.1, 10.0, 10.1, 10.0)), Timing((10.0, 10.1, 10.0, 10.1, 10.0))]
-    assert noise_of(steady) < 0.02
+    model = tiny_bert(vocab_size=len(wordpiece_tokenizer), layers=2)
+    calls: list[int] = []
+    # The first timing of every chunk is noisy (30 % IQR), the second quiet; in the `stubborn` run every
+    # timing is noisy, and the quietest of the attempts is kept.
+    stubborn = False
+
+    def fake_interleaved(candidates, warmup, repeats, device):
+        calls.append(len(candidates))
+        noisy = stubborn or len(calls) % 2 == 1
+        dense = Timing((7.0, 8.5, 10.0, 11.5, 13.0) if noisy else (9.9, 10.0, 10.0, 10.0, 10.1))
+        probe = Timing((4.0, 5.0, 5.0, 5.0, 6.0) if noisy else (4.9, 5.0, 5.0, 5.0, 5.1))
+        return {name: dense if name == "dense" else probe for name in candidates}
+
+    monkeypatch.setattr(latency_model, "time_interleaved", fake_interleaved)
+    settings = LatencySettings(shape=Shape(1, 16), ffn_points=5, head_points=3, chunk=3, max_noise=0.10, attempts=3)
+    table, cached = latency_table(model, settings, tmp_path)
+    probes = sum(len(table.curves[name].counts) - 1 for name in table.curves)  # the dense count is not probed
+    chunks = -(-probes // settings.chunk)
+    assert len(calls) == 2 * chunks  # each chunk timed twice, not the whole table again
+    assert not cached and table.noise < 0.10 and load_cached(tmp_path, table.key) == table
+    assert table.curve("encoder", FFN).measured_ms[0] == pytest.approx(-0.5 * 10.0 / 2)  # ratio 0.5 over 2 layers
+
+    calls.clear()
+    stubborn = True
+    table, cached = latency_table(model, settings, tmp_path / "noisy", refresh=True)
+    assert len(calls) == settings.attempts * chunks and table.noise > 0.10  # at most `attempts` per chunk ...
+    assert not (tmp_path / "noisy").exists() or list((tmp_path / "noisy").iterdir()) == []  # ... never cached
+
+
+def test_noise_is_the_spread_within_a_chunk_and_drift_is_kept_apart():
+    from pruning.methods.posttrain.latency_model import chunk_noise, drift_of
+    from pruning.runtime.timing import Timing
+
+    steady = Timing((10.0, 10.1, 10.0, 10.1, 10.0))
+    assert chunk_noise({"dense": steady, "probe": steady}) < 0.02
+    jittery = Timing((8.0, 10.0, 12.0, 14.0, 10.0))
+    assert chunk_noise({"dense": steady, "probe": jittery}) > 0.3  # any model of the chunk counts
     drifting = [Timing((10.0,) * 5), Timing((12.0,) * 5)]  # the machine slowed down between chunks
-    assert noise_of(drifting) == pytest.approx(2.0 / 11.0)
-    jittery = [Timing((8.0, 10.0, 12.0, 14.0, 10.0))]
-    assert noise_of(jittery) > 0.3
+    assert drift_of(drifting) == pytest.approx(2.0 / 11.0)
