@@ -159,6 +159,16 @@ class ReconstructionRecord(Record):
     per_group: list[dict[str, Any]]
 
 
+class RearrangementRecord(Record):
+    """Each group's kept units re-chosen on its whole Fisher block (`--rearrange`): same counts."""
+
+    swaps: int
+    groups_changed: int
+    loss_before: float  # Σ zᵀ F z over groups, the search's choice
+    loss_after: float
+    per_group: list[dict[str, Any]]
+
+
 class RecoveryRecord(Record):
     """Distillation of the compact model from the dense one after pruning (`--recover-steps/-minutes`)."""
 
@@ -184,6 +194,7 @@ class PosttrainMethod(Record):
     predicted: Predicted
     measured: Measured
     reconstruction: ReconstructionRecord
+    rearrangement: RearrangementRecord | None = None
     recovery: RecoveryRecord | None = None
     seconds: dict[str, float] = Field(description="wall time of each phase")
     settings: dict[str, Any] = Field(description="the post-training settings as run")

@@ -369,7 +369,7 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
             "--eval", str(squad_file), "--speedup", f"{speedup:.6f}", "--seq", "128", "--repeats", "3", "--calib-samples", "8",
             "--reconstruct-samples", "4", "--latency-cache", str(tmp_path / "cache"), "--max-length", "48",
             "--stride", "16", "--max-noise", str(TINY_NOISE), "--out", str(out)]  # fmt: skip
-    assert main([*argv, "--recover-steps", "2"]) == 0
+    assert main([*argv, "--recover-steps", "2", "--rearrange"]) == 0
     printed = capsys.readouterr().out
     assert "measured speedup" in printed and "predicted" in printed
     manifest = json.loads((out / "blockserve.json").read_text())
@@ -385,6 +385,10 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
     assert method["measured"]["dense_ms"] > 0 and method["measured"]["compact_ms"] > 0
     assert method["reconstruction"]["groups"] > 0 and method["reconstruction"]["mode"] == "weights"
     assert method["recovery"]["steps"] == 2 and method["recovery"]["distill_loss_last"] is not None
+    rearranged = method["rearrangement"]  # the whole-block objective of what was kept never got worse
+    assert rearranged["loss_after"] <= rearranged["loss_before"]
+    layers = len(manifest["plan"]["stacks"]["encoder"]["layers"])
+    assert len(rearranged["per_group"]) == 2 * layers and "rearrangement" in method["seconds"]  # heads + FFN each
     assert {"importance", "latency_model", "reconstruction", "recovery", "total_pruning"} <= set(method["seconds"])
     assert (out / "recovery" / "recovery.png").stat().st_size > 0
     assert {"dense", "pruned"} <= set(manifest["evaluation"])
@@ -408,6 +412,7 @@ def test_posttrain_cli_writes_a_compact_checkpoint_with_budget_and_latencies(
         (["--speedup", "2", "--corrections", "-1"], "--corrections -1: Input should be greater than or equal to 0"),
         # The cached table below: dense 100 ms, everything removed 86.08 ms.
         (["--latency-ms", "80", "--seq", "16"], "out of reach"),
+        (["--speedup", "2", "--rearrange"], "--rearrange needs Fisher blocks"),  # importance random below
     ],
 )
 def test_posttrain_cli_rejects_bad_budgets(dense_bert_dir, squad_file, tmp_path, capsys, extra, message):

@@ -147,3 +147,29 @@ def test_threshold_mode_prunes_through_the_regulariser(qa_setup, wordpiece_token
     free.update(20)
     # The regulariser drives the density down beyond what movement alone prunes (here ≈ 0.24 vs 0.68).
     assert 0.0 < pruner.density() < free.density() - 0.2
+
+
+@pytest.mark.parametrize(("seconds_per_step", "expected_steps"), [(2.0, 15), (0.5, 60)])
+def test_a_time_budget_replans_the_steps_from_the_measured_rate(
+    qa_setup, wordpiece_tokenizer, tmp_path, monkeypatch, seconds_per_step, expected_steps
+):
+    """Planned 40 steps for 30 s; the real rate, measured over the first 8 steps, decides how many fit —
+    and the learning rate still decays to 0 at the last step the budget allows."""
+    task, features = qa_setup
+    clock = [100.0]
+    original_loss = Trainer._loss
+
+    def timed_loss(self, batch):
+        clock[0] += seconds_per_step
+        return original_loss(self, batch)
+
+    monkeypatch.setattr(Trainer, "_loss", timed_loss)
+    settings = TrainSettings(max_steps=40, batch_size=2, learning_rate=1e-3, log_every=1, save_every=1000)
+    trainer = Trainer(tiny_bert(vocab_size=len(wordpiece_tokenizer)), wordpiece_tokenizer, task, features, settings,
+                      tmp_path)  # fmt: skip
+    trainer.clock = lambda: clock[0]
+    result = trainer.train(deadline=clock[0] + 30.0)
+    # 8 steps at the real rate, then (30 − 8 × rate) / rate more: 15 at 2 s (fewer), 60 at 0.5 s (more).
+    assert result.steps == expected_steps == trainer.total_steps
+    assert trainer.scheduler.get_last_lr()[0] == 0.0
+    assert trainer.planned_steps == 40  # resumable state stays keyed to the plan

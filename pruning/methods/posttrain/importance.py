@@ -40,6 +40,9 @@ class Importance:
 
     method: str
     scores: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Fisher only, when asked: each group's full block E[g gᵀ] (its diagonal is `scores`), for
+    # `rearrangement`; not written to importance.json (FFN blocks are units² numbers).
+    blocks: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def ranked(self, key: str) -> torch.Tensor:
         """Unit indices of a group, most important first (ties broken by index, so runs repeat)."""
@@ -86,13 +89,18 @@ def fisher_importance(
     features: list[dict],
     batch_size: int = 8,
     progress: bool = True,
+    blocks: bool = False,
 ) -> Importance:
-    """Diagonal empirical Fisher of unit masks over `features` (labelled task features)."""
+    """Diagonal empirical Fisher of unit masks over `features` (labelled task features); with `blocks`,
+    also each group's whole Fisher block (the interactions between its units)."""
     if not features:
         raise PlanError("Fisher importance needs at least one calibration feature")
     groups = list(unit_groups(model))
     device = next(model.parameters()).device
     sums = {group.key: torch.zeros(group.count, dtype=torch.float64) for group in groups}
+    products = (
+        {group.key: torch.zeros(group.count, group.count, dtype=torch.float64) for group in groups} if blocks else {}
+    )
     masks: dict[str, torch.Tensor] = {}
 
     def hook_for(group):
@@ -118,14 +126,21 @@ def fisher_importance(
             outputs = model(**batch)
             task.example_losses(outputs, batch).sum().backward()
             for key, mask in masks.items():
-                sums[key] += mask.grad.double().pow(2).sum(dim=0).cpu()
+                gradients = mask.grad.double().cpu()  # one row per example
+                sums[key] += gradients.pow(2).sum(dim=0)
+                if blocks:
+                    products[key] += gradients.T @ gradients
     finally:
         for handle in handles:
             handle.remove()
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(requires_grad[name])
         model.train(was_training)
-    return Importance("fisher", {key: total / len(features) for key, total in sums.items()})
+    return Importance(
+        "fisher",
+        {key: total / len(features) for key, total in sums.items()},
+        blocks={key: total / len(features) for key, total in products.items()},
+    )
 
 
 def magnitude_importance(model: PreTrainedModel) -> Importance:
@@ -169,9 +184,10 @@ def compute_importance(
     *,
     seed: int = 0,
     batch_size: int = 8,
+    blocks: bool = False,
 ) -> Importance:
     if method == "fisher":
-        return fisher_importance(model, task, tokenizer, list(features), batch_size=batch_size)
+        return fisher_importance(model, task, tokenizer, list(features), batch_size=batch_size, blocks=blocks)
     if method == "magnitude":
         return magnitude_importance(model)
     if method == "random":

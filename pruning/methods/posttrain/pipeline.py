@@ -4,7 +4,8 @@
 2. The latency model of this device/runtime/request shape, measured or from the cache
    (`pruning.methods.posttrain.latency_model`); the budget is `dense / speedup` or an absolute `latency_ms`.
 3. Search: per-layer counts maximising kept importance with predicted latency ≤ budget
-   (`pruning.methods.posttrain.search`); compaction to that plan.
+   (`pruning.methods.posttrain.search`); optionally (`--rearrange`) each layer's kept units re-chosen
+   on its whole Fisher block (`...posttrain.rearrangement`, same counts); compaction to that plan.
 4. Reconstruction: least-squares refit of each pruned layer's projection weights (or only scales of
    the kept units) against the dense layer outputs (`pruning.methods.posttrain.reconstruction`).
    Optionally, 4b. recovery: a short distillation from the dense model (`...posttrain.recovery`).
@@ -16,6 +17,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import tempfile
@@ -38,6 +40,7 @@ from pruning.artifacts.records import (
     Measured,
     PosttrainMethod,
     Predicted,
+    RearrangementRecord,
     ReconstructionRecord,
 )
 from pruning.core.errors import CheckpointError
@@ -46,6 +49,7 @@ from pruning.core.plan import Alignment
 from pruning.core.structure import geometry_of, task_of
 from pruning.methods.posttrain.importance import compute_importance
 from pruning.methods.posttrain.latency_model import LatencySettings, LatencyTable, latency_table
+from pruning.methods.posttrain.rearrangement import rearrange_plan
 from pruning.methods.posttrain.reconstruction import Reconstruct, reconstruct
 from pruning.methods.posttrain.recovery import RecoverySettings, recover
 from pruning.methods.posttrain.search import SearchResult, search_plan
@@ -81,6 +85,9 @@ class PosttrainSettings(BaseModel):
         None, gt=0.0, le=1e7, description="budget: this many milliseconds per request"
     )
     calib_samples: Annotated[int, _posttrain()] = Field(512, ge=1, le=10**7, description="calibration examples")
+    rearrange: Annotated[bool, _posttrain(switch=True)] = Field(
+        False, description="fisher: re-choose each layer's kept units on its whole Fisher block (same counts)"
+    )
     reconstruct: Annotated[Reconstruct, _posttrain()] = Field(
         "weights", description="refit pruned layers: kept weights and biases, kept-unit scales, or nothing"
     )
@@ -120,6 +127,8 @@ class PosttrainSettings(BaseModel):
     def _one_budget(self) -> PosttrainSettings:
         if (self.speedup is None) == (self.latency_ms is None):
             raise ValueError("give exactly one budget: `speedup` or `latency_ms`")
+        if self.rearrange and self.importance != "fisher":
+            raise ValueError("`rearrange` needs Fisher blocks: use it with importance `fisher`")
         return self
 
 
@@ -201,7 +210,9 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
     log.info("calibration: %d examples → %d features from %s", len(examples), len(features), job.calib)
     now = lap("load", started)
 
-    importance = compute_importance(settings.importance, dense, task, tokenizer, features, seed=settings.seed)
+    importance = compute_importance(
+        settings.importance, dense, task, tokenizer, features, seed=settings.seed, blocks=settings.rearrange
+    )
     now = lap("importance", now)
 
     latency_settings = LatencySettings.for_timing(shape, settings.timing)
@@ -213,8 +224,20 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
     budget = settings.latency_ms if settings.latency_ms is not None else table.dense_ms / settings.speedup
     verified = _search_and_verify(dense, geometry, importance, table, budget, shape, settings, timed_dense=timed)
     del timed  # the timing copy (bf16 here) is not needed by mask tuning and evaluation
-    result, compact = verified.result, verified.compact
     now = lap("search_and_measure", now)
+    rearrangement = None
+    if settings.rearrange:  # same counts, so the same shapes and the same measured speed
+        plan, groups = rearrange_plan(verified.result.plan, importance.blocks)
+        verified.result = dataclasses.replace(verified.result, plan=plan)
+        verified.compact = compact_model(copy.deepcopy(dense), plan).eval()
+        rearrangement = RearrangementRecord(
+            swaps=sum(g.swaps for g in groups), groups_changed=sum(g.swaps > 0 for g in groups),
+            loss_before=round(sum(g.loss_before for g in groups), 9), loss_after=round(sum(g.loss_after for g in groups), 9),
+            per_group=[g.model_dump() for g in groups],
+        )  # fmt: skip
+        importance.blocks.clear()  # units² numbers per group: not kept past their use
+        now = lap("rearrangement", now)
+    result, compact = verified.result, verified.compact
 
     # Same shapes, same speed: refit once, after the plan is settled.
     tuning = reconstruct(
@@ -234,7 +257,9 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
         evaluation = _evaluate(job, task, tokenizer, dense, compact)
         lap("evaluation", now)
 
-    method = _method_record(job, len(examples), len(features), verified, table, cached, tuning, recovery, seconds)
+    method = _method_record(
+        job, len(examples), len(features), verified, table, cached, tuning, rearrangement, recovery, seconds
+    )
     manifest = save_compact(
         compact, result.plan, out_dir, source=str(model_dir), tokenizer=tokenizer, method=method, evaluation=evaluation
     )
@@ -342,6 +367,7 @@ def _method_record(
     table: LatencyTable,
     cached: bool,
     tuning: list,
+    rearrangement: RearrangementRecord | None,
     recovery,
     seconds: dict[str, float],
 ) -> PosttrainMethod:
@@ -392,6 +418,7 @@ def _method_record(
             error_after=round(sum(t.error_after for t in tuning), 6),
             per_group=[t.model_dump() for t in tuning],
         ),
+        rearrangement=rearrangement,
         recovery=recovery,
         seconds=seconds,
         settings=job.model_dump(mode="json"),
