@@ -14,6 +14,7 @@ from pruning.methods.posttrain.reconstruction import (
     _accumulate,
     _accumulate_weights,
     _error,
+    _scale_statistics,
     reconstruct,
     solve_scales,
     solve_weights,
@@ -38,6 +39,24 @@ def _pruned_pair(tokenizer, seed=4, heads=2, units=20, sharpness=1.0, dropout=0.
     counts = {key: heads if key.endswith("attn") else units for key in importance.scores}
     plan = importance.plan_for_counts(geometry_of(dense.config), counts)
     return dense, plan, compact_model(copy.deepcopy(dense), plan).eval()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_scale_statistics_derived_from_the_weight_statistics_equal_accumulating_them(with_bias):
+    generator = torch.Generator().manual_seed(1)
+    weight = torch.randn(4, 6, generator=generator)
+    bias = torch.randn(4, generator=generator) if with_bias else None
+    direct, weights = None, None
+    for _ in range(3):  # batches of different lengths, summed
+        inputs = torch.randn(int(torch.randint(5, 30, (1,), generator=generator)), 6, generator=generator)
+        target = torch.randn(inputs.shape[0], 4, generator=generator)
+        direct = _accumulate(direct, inputs, weight, target - (bias if with_bias else 0.0), width=2)
+        weights = _accumulate_weights(weights, inputs, target, bias=with_bias)
+    derived = _scale_statistics(weights, weight, bias, width=2)
+    assert torch.allclose(derived.gram, direct.gram, rtol=1e-6, atol=1e-6)  # the direct path subtracts b in float32
+    assert torch.allclose(derived.cross, direct.cross, rtol=1e-6, atol=1e-6)  # the direct path subtracts b in float32
+    assert derived.target_energy == pytest.approx(direct.target_energy, rel=1e-6)
+    assert derived.tokens == direct.tokens
 
 
 def test_weights_solve_is_never_worse_than_the_scales_it_starts_from():

@@ -97,6 +97,28 @@ def _accumulate(
     return _Statistics(gram, correlation, float(y.pow(2).sum()), x.shape[0]).add(stats)
 
 
+def _scale_statistics(stats: _Statistics, weight: torch.Tensor, bias: torch.Tensor | None, width: int) -> _Statistics:
+    """The `scales` problem's statistics derived from the `weights` problem's, without a second pass.
+
+    Both read the same inputs x and targets t; `scales` fits y = t − b. Blocksums are linear, so
+    G = blocksum((Σ xᵀx) ⊙ (WᵀW)) and q = blocksum(rowsum((Σ xᵀt − (Σ x) bᵀ) ⊙ Wᵀ)) come from A and B,
+    and Σ‖t − b‖² = Σ‖t‖² − 2 b·Σt + n‖b‖² — one Gram product per batch instead of three.
+    """
+    w = weight.double()
+    inputs = w.shape[1]
+    units = inputs // width
+    xx, xt = stats.gram[:inputs, :inputs], stats.cross[:inputs]
+    energy = stats.target_energy
+    if bias is not None:
+        b = bias.double()
+        x_sum, t_sum = stats.gram[:inputs, inputs], stats.cross[inputs]
+        xt = xt - torch.outer(x_sum, b)
+        energy = energy - 2 * float(b @ t_sum) + stats.tokens * float(b @ b)
+    gram = (xx * (w.T @ w)).view(units, width, units, width).sum(dim=(1, 3))
+    correlation = (xt * w.T).sum(dim=1).view(units, width).sum(dim=1)
+    return _Statistics(gram, correlation, energy, stats.tokens)
+
+
 def _accumulate_weights(
     stats: _Statistics | None, inputs: torch.Tensor, target: torch.Tensor, bias: bool = True
 ) -> _Statistics:
@@ -211,9 +233,12 @@ def reconstruct(
                 compact, batch, [(linear, "input"), (linear, "output"), (group.residual_sum, "input")]
             )
             target = dense_sum - (pruned_sum - output)  # what the projection's output should be
-            scale_stats = _accumulate(scale_stats, inputs, linear.weight, target - bias, group.width)
             if mode == "weights":
                 weight_stats = _accumulate_weights(weight_stats, inputs, target, bias=linear.bias is not None)
+            else:
+                scale_stats = _accumulate(scale_stats, inputs, linear.weight, target - bias, group.width)
+        if mode == "weights":
+            scale_stats = _scale_statistics(weight_stats, linear.weight, linear.bias, group.width)
         scales, before, after = solve_scales(scale_stats, ridge)
         columns = scales.to(linear.weight.dtype).repeat_interleave(group.width).to(device)
         scaled = linear.weight.double() * columns.double()
