@@ -149,18 +149,22 @@ def test_threshold_mode_prunes_through_the_regulariser(qa_setup, wordpiece_token
     assert 0.0 < pruner.density() < free.density() - 0.2
 
 
-@pytest.mark.parametrize(("seconds_per_step", "expected_steps"), [(2.0, 15), (0.5, 60)])
+@pytest.mark.parametrize(
+    ("seconds_per_step", "slower_after", "expected_steps"),
+    [(2.0, None, 15), (0.5, None, 60), (0.5, 24, 42)],
+)
 def test_a_time_budget_replans_the_steps_from_the_measured_rate(
-    qa_setup, wordpiece_tokenizer, tmp_path, monkeypatch, seconds_per_step, expected_steps
+    qa_setup, wordpiece_tokenizer, tmp_path, monkeypatch, seconds_per_step, slower_after, expected_steps
 ):
-    """Planned 40 steps for 30 s; the real rate, measured over the first 8 steps, decides how many fit —
-    and the learning rate still decays to 0 at the last step the budget allows."""
+    """Planned 40 steps for 30 s; the real rate, measured every 8 steps, decides how many fit — and the
+    learning rate still decays to 0 at the last step the budget allows. In the third case the steps
+    slow down to 1 s after step 24 (later batches are longer): the later re-plans follow the mean rate."""
     task, features = qa_setup
     clock = [100.0]
     original_loss = Trainer._loss
 
     def timed_loss(self, batch):
-        clock[0] += seconds_per_step
+        clock[0] += 1.0 if slower_after is not None and self.step >= slower_after else seconds_per_step
         return original_loss(self, batch)
 
     monkeypatch.setattr(Trainer, "_loss", timed_loss)

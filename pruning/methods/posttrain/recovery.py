@@ -4,8 +4,8 @@ Reconstruction fits each layer on its own; recovery trains the whole compact mod
 few minutes on temperature-softened dense logits plus the task loss (the trainer of movement pruning,
 with the dense model as teacher): tqdm, a history, a plot, resumable states. The budget is steps or
 minutes; with minutes, the steps are planned from the measured time of a training step, so the
-learning-rate schedule ends when the time does; the trainer re-plans them from the real rate after its first
-steps (one timed batch is padded to its own longest feature), and also stops at the deadline itself.
+learning-rate schedule ends when the time does; the trainer re-plans them from the real mean rate every
+5 % of the steps (one timed batch is padded to its own longest feature), and stops at the deadline itself.
 """
 
 from __future__ import annotations
