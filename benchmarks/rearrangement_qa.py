@@ -69,15 +69,14 @@ def main() -> None:
         rows.append({"name": f"{name} weights", **paired(per_question_f1(task, pruned.model.eval(), tokenizer, dev,
                                                                             served), dense_f1)})  # fmt: skip
         started = time.perf_counter()
-        plan, groups = rearrange_plan(pruned.manifest.plan, importance.blocks)
+        plan, record = rearrange_plan(pruned.manifest.plan, importance.blocks)
         rearrange_seconds = round(time.perf_counter() - started, 1)
         compact = compact_model(copy.deepcopy(dense), plan).eval()
         reconstruct(compact, dense, task, tokenizer, calibration, mode="weights")
         f1 = per_question_f1(task, compact, tokenizer, dev, served)
         rows.append({
             "name": f"{name} rearranged + weights", **paired(f1, dense_f1),
-            "swaps": sum(g.swaps for g in groups), "groups_changed": sum(g.swaps > 0 for g in groups),
-            "loss_before": sum(g.loss_before for g in groups), "loss_after": sum(g.loss_after for g in groups),
+            **record.model_dump(exclude={"per_group"}),
             "rearrange_seconds": rearrange_seconds, "fisher_blocks_seconds": fisher_seconds,
         })  # fmt: skip
         log.info("%s", rows[-1])

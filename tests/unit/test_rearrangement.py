@@ -69,13 +69,15 @@ def test_fisher_blocks_hold_the_diagonal_and_rearranging_a_plan_keeps_its_counts
         assert torch.allclose(block, block.T) and torch.linalg.eigvalsh(block).min() > -1e-9  # E[g gᵀ] is PSD
     counts = {key: len(scores) // 2 for key, scores in importance.scores.items()}
     plan = importance.plan_for_counts(geometry_of(model.config), counts)
-    rearranged, reports = rearrange_plan(plan, importance.blocks)
+    rearranged, record = rearrange_plan(plan, importance.blocks)
+    reports = record.per_group
     assert isinstance(rearranged, PruningPlan) and len(reports) == len(counts)
     for (_, old), (_, new) in zip(plan.stacks.items(), rearranged.stacks.items(), strict=True):
         for old_layer, new_layer in zip(old.layers, new.layers, strict=True):
             assert len(old_layer.ffn_units) == len(new_layer.ffn_units)
             assert {b: len(k) for b, k in old_layer.heads.items()} == {b: len(k) for b, k in new_layer.heads.items()}
-    assert all(r.loss_after <= r.loss_before + 1e-12 for r in reports)
+    assert all(r["loss_after"] <= r["loss_before"] + 1e-12 for r in reports)
+    assert record.swaps == sum(r["swaps"] for r in reports) and record.loss_after <= record.loss_before + 1e-12
     assert not fisher_importance(
         model, task, wordpiece_tokenizer, features[:2], progress=False
     ).blocks  # off by default

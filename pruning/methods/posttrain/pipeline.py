@@ -227,14 +227,9 @@ def prune_posttrain(job: PosttrainJob) -> Manifest:
     now = lap("search_and_measure", now)
     rearrangement = None
     if settings.rearrange:  # same counts, so the same shapes and the same measured speed
-        plan, groups = rearrange_plan(verified.result.plan, importance.blocks)
+        plan, rearrangement = rearrange_plan(verified.result.plan, importance.blocks)
         verified.result = dataclasses.replace(verified.result, plan=plan)
         verified.compact = compact_model(copy.deepcopy(dense), plan).eval()
-        rearrangement = RearrangementRecord(
-            swaps=sum(g.swaps for g in groups), groups_changed=sum(g.swaps > 0 for g in groups),
-            loss_before=round(sum(g.loss_before for g in groups), 9), loss_after=round(sum(g.loss_after for g in groups), 9),
-            per_group=[g.model_dump() for g in groups],
-        )  # fmt: skip
         importance.blocks.clear()  # units² numbers per group: not kept past their use
         now = lap("rearrangement", now)
     result, compact = verified.result, verified.compact

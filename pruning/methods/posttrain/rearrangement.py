@@ -17,6 +17,7 @@ import logging
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from pruning.artifacts.records import RearrangementRecord
 from pruning.core.plan import LayerPlan, PruningPlan, StackPlan
 from pruning.core.units import FFN, group_key
 
@@ -75,8 +76,9 @@ def rearrange_group(block: torch.Tensor, kept: list[int], max_swaps: int | None 
 
 def rearrange_plan(
     plan: PruningPlan, blocks: dict[str, torch.Tensor], max_swaps: int | None = None
-) -> tuple[PruningPlan, list[GroupRearrangement]]:
-    """`plan` with each group's kept units rearranged on its Fisher block (same counts everywhere)."""
+) -> tuple[PruningPlan, RearrangementRecord]:
+    """`plan` with each group's kept units rearranged on its Fisher block (same counts everywhere), and
+    the manifest's record of it (totals and one `GroupRearrangement` per group)."""
     reports: list[GroupRearrangement] = []
 
     def rearranged(key: str, kept: list[int]) -> list[int]:
@@ -97,7 +99,13 @@ def rearrange_plan(
             ffn = rearranged(group_key(stack_name, index, FFN), layer.ffn_units)
             layers.append(LayerPlan(heads=heads, ffn_units=ffn))
         stacks[stack_name] = StackPlan(num_heads=stack.num_heads, ffn_units=stack.ffn_units, layers=layers)
-    moved = sum(r.swaps for r in reports)
-    log.info("rearrangement: %d swaps in %d groups; zᵀFz %.4g → %.4g", moved, len(reports),
-             sum(r.loss_before for r in reports), sum(r.loss_after for r in reports))  # fmt: skip
-    return PruningPlan(architecture=plan.architecture, stacks=stacks), reports
+    record = RearrangementRecord(
+        swaps=sum(r.swaps for r in reports),
+        groups_changed=sum(r.swaps > 0 for r in reports),
+        loss_before=round(sum(r.loss_before for r in reports), 9),
+        loss_after=round(sum(r.loss_after for r in reports), 9),
+        per_group=[r.model_dump() for r in reports],
+    )
+    log.info("rearrangement: %d swaps in %d groups; zᵀFz %.4g → %.4g",
+             record.swaps, len(reports), record.loss_before, record.loss_after)  # fmt: skip
+    return PruningPlan(architecture=plan.architecture, stacks=stacks), record
