@@ -175,6 +175,7 @@ class RecoveryRecord(Record):
     steps: int
     seconds: float
     features: int
+    precision: str = "float32"  # what the steps' matrix products ran in (bfloat16: autocast)
     distill_loss_first: float | None = None  # mean over the first logged interval
     distill_loss_last: float | None = None  # mean over the last one
     eval_metric: str | None = None  # the task's headline metric, scored during recovery

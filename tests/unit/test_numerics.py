@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pruning.runtime import numerics, timing
-from pruning.runtime.numerics import Capabilities, cpu_flags, in_dtype, resolve_dtype
+from pruning.runtime.numerics import Capabilities, cpu_flags, in_dtype, resolve_dtype, training_precision
 from tests.factories import tiny_bert
 
 AMX = frozenset({"fpu", "avx512f", "amx_tile", "amx_bf16", "amx_int8"})
@@ -32,6 +32,21 @@ def test_auto_follows_the_detected_capabilities(device, flags, expected):
 def test_an_explicit_dtype_is_never_overridden():
     for name in ("float32", "float16", "bfloat16"):
         assert resolve_dtype(name, "cpu", lambda d: Capabilities(d, AMX)) == getattr(torch, name)
+
+
+def test_training_autocasts_to_bf16_only_where_asked_or_fast():
+    def caps(flags):
+        return lambda device: Capabilities(device, flags)
+
+    assert training_precision("auto", "cpu", caps(AVX512_BF16)) == torch.bfloat16
+    assert training_precision("auto", "cpu", caps(AMX)) == torch.bfloat16
+    assert training_precision("auto", "cpu", caps(PLAIN)) == torch.float32
+    assert training_precision("off", "cpu", caps(AMX)) == torch.float32
+    assert training_precision("bfloat16", "cpu", caps(PLAIN)) == torch.bfloat16
+    with numerics.autocast_to(torch.float32, "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    with numerics.autocast_to(torch.bfloat16, "cpu"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
 
 
 def test_flags_are_read_from_cpuinfo(tmp_path):

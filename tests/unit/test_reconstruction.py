@@ -141,18 +141,23 @@ def _distillation_loss(student, teacher, task, tokenizer, features) -> float:
         return float(distillation_loss(logits, reference, 2.0, mask))
 
 
-def test_recovery_lowers_the_distillation_loss_and_records_the_run(qa_setup, tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_recovery_lowers_the_distillation_loss_and_records_the_run(qa_setup, tmp_path, precision):
     task, tokenizer, features = qa_setup
     dense, plan, compact = _pruned_pair(tokenizer, heads=1, units=4, sharpness=100.0, dropout=0.0)
     before = _distillation_loss(compact, dense, task, tokenizer, features[:16])
-    settings = RecoverySettings(recover_steps=30, recover_batch_size=8, recover_lr=1e-4, recover_alpha=1.0)
+    settings = RecoverySettings(
+        recover_steps=30, recover_batch_size=8, recover_lr=1e-4, recover_alpha=1.0,
+        recover_precision="off" if precision == "float32" else precision,
+    )  # fmt: skip
     record = recover(
         compact, dense, task, tokenizer, features[:16], settings, tmp_path / "recovery",
         identity={"plan": plan.digest()},
     )  # fmt: skip
     after = _distillation_loss(compact, dense, task, tokenizer, features[:16])
     assert after < 0.8 * before, (before, after)
-    assert record.steps == 30 and record.features == 16
+    assert record.steps == 30 and record.features == 16 and record.precision == precision
+    assert all(p.dtype == torch.float32 for p in compact.parameters())  # autocast keeps fp32 master weights
     assert record.distill_loss_last < record.distill_loss_first
     assert (tmp_path / "recovery" / "recovery.png").stat().st_size > 0
 

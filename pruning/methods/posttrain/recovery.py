@@ -24,6 +24,7 @@ from pruning.artifacts.records import RecoveryRecord
 from pruning.core.options import Flag
 from pruning.methods.history_plot import plot_history
 from pruning.methods.training import Trainer, TrainSettings
+from pruning.runtime.numerics import TrainPrecision, autocast_to, dtype_name, training_precision
 from pruning.tasks import Task, distillation_loss
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class RecoverySettings(BaseModel):
         0.9, ge=0.0, le=1.0, description="weight of the distillation loss (task loss: 1 − α)"
     )
     recover_temperature: Annotated[float, _recovery()] = Field(2.0, gt=0.0, le=100.0)
+    recover_precision: Annotated[TrainPrecision, _recovery()] = Field(
+        "auto", description="bf16 autocast for the distillation steps (auto: where the device has bf16 units)"
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> RecoverySettings:
@@ -72,26 +76,39 @@ class RecoverySettings(BaseModel):
             distill_alpha=self.recover_alpha,
             temperature=self.recover_temperature,
             warmup_fraction=0.05,
+            # Minutes are the budget: unpadded batches and bf16 give 2–2.5× the steps in the same time.
+            group_by_length=True,
+            mixed_precision=self.recover_precision,
             eval_every=max(1, steps // 2),
             save_every=max(1, min(100, steps)),
             seed=seed,
         )
 
 
-def seconds_per_step(student, teacher, task: Task, tokenizer, features: list[dict], batch_size: int) -> float:
-    """Wall time of one training step (teacher forward, student forward and backward): the slower of two
-    after a warm-up one, with a margin for the optimizer step and collation."""
+def seconds_per_step(
+    student, teacher, task: Task, tokenizer, features: list[dict], settings: RecoverySettings
+) -> float:
+    """Wall time of one training step (teacher forward, student forward and backward) on a batch of
+    median-length features (batches are grouped by length): the slower of two after a warm-up one,
+    with a margin for the optimizer step and collation."""
     device = next(student.parameters()).device
-    batch = {k: v.to(device) for k, v in task.collate(tokenizer, features[:batch_size]).items()}
+    size = min(settings.recover_batch_size, len(features))
+    by_length = sorted(features, key=lambda feature: len(feature["input_ids"]))
+    middle = max(0, len(by_length) // 2 - size // 2)
+    batch = task.collate(tokenizer, by_length[middle : middle + size])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    precision = training_precision(settings.recover_precision, str(device))
     student.train()
     times = []
     for _ in range(3):
         started = time.perf_counter()
-        with torch.no_grad():
-            teacher_logits, _ = task.distillation_logits(teacher(**batch), batch)
-        outputs = student(**batch)
-        logits, mask = task.distillation_logits(outputs, batch)
-        (outputs.loss + distillation_loss(logits, teacher_logits, 2.0, mask)).backward()
+        with autocast_to(precision, str(device)):
+            with torch.no_grad():
+                teacher_logits, _ = task.distillation_logits(teacher(**batch), batch)
+            outputs = student(**batch)
+            logits, mask = task.distillation_logits(outputs, batch)
+            loss = outputs.loss + distillation_loss(logits.float(), teacher_logits.float(), 2.0, mask)
+        loss.backward()
         times.append(time.perf_counter() - started)
     student.zero_grad(set_to_none=True)
     student.eval()
@@ -120,7 +137,7 @@ def recover(
     steps = settings.recover_steps
     if settings.recover_minutes is not None:
         budget = settings.recover_minutes * 60.0
-        per_step = seconds_per_step(compact, dense, task, tokenizer, features, settings.recover_batch_size)
+        per_step = seconds_per_step(compact, dense, task, tokenizer, features, settings)
         steps = max(1, math.floor((budget - (time.perf_counter() - started)) / per_step))
         deadline = started + budget
         log.info("recovery: %.2f s per step → %d steps in %.1f min", per_step, steps, settings.recover_minutes)
@@ -143,6 +160,7 @@ def recover(
     plot_history(result.history, headline, workdir / "recovery.png", title=f"recovery → {workdir.parent.name}")
     return RecoveryRecord(
         steps=result.steps,
+        precision=dtype_name(trainer.precision),
         seconds=round(time.perf_counter() - started, 1),
         features=len(features),
         distill_loss_first=losses[0] if losses else None,
