@@ -208,6 +208,8 @@ posttrain-qa-recover: $(STAMP)
 		--speedup $(RECOVER_SPEEDUP) --seq 384 --batch 8 --dtype auto --repeats 10 --latency-cache $(PT_OUT)/latency-cache \
 		--recover-minutes $(RECOVER_MINUTES) --out $(PT_OUT)/minilm-fisher-$(RECOVER_SPEEDUP)-recover
 	cp $(PT_OUT)/minilm-fisher-$(RECOVER_SPEEDUP)-recover/blockserve.json $(NUMERICS)/minilm-fisher-$(RECOVER_SPEEDUP)-recover-manifest.json
+	$(BIN)/python benchmarks/paired_eval.py --dense $(MINILM) --pruned $(PT_OUT)/minilm-fisher-$(RECOVER_SPEEDUP)-recover \
+		--dev $(SQUAD)/dev.json --out $(NUMERICS)/minilm-fisher-$(RECOVER_SPEEDUP)-recover-eval.json
 
 # Does mask rearrangement (--rearrange) help once weights are refit? The pareto run's plans with and without it.
 rearrangement-qa: $(STAMP)

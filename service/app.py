@@ -26,23 +26,7 @@ def build_app(args: dict[str, Any]) -> Application:
     """Validate the config (errors name the field) and bind one deployment per (task, variant) behind the
     ingress — or, with `colocate`, only the ingress, which builds the model servers in its own process."""
     config = AppConfig.model_validate(args)
-    servers: dict[str, dict[str, Application]] | None = None if config.colocate else {}
-    for route, task in config.tasks().items() if servers is not None else ():
-        servers[route] = {}
-        for name, variant in task.variants.items():
-            servers[route][name] = (
-                route_entry(route)
-                .resolve("server")
-                .options(
-                    name=f"{route}-{name}",
-                    **variant.scaling_options(),
-                    ray_actor_options={"num_cpus": variant.num_cpus, "num_gpus": variant.num_gpus},
-                    max_ongoing_requests=variant.max_ongoing_requests,
-                    max_queued_requests=variant.max_queued_requests,
-                    user_config=variant.batching.model_dump(),
-                )
-                .bind(*task.server_args(name))
-            )
+    servers = None if config.colocate else _model_deployments(config)
     # Apart from the models, the ingress only validates and routes: it reserves no CPU the model replicas
     # could use, and holds every request the models can take, so requests wait in the models' batch queues,
     # not in the proxy; the proxy holds only a few more (`proxy_queue`) for when the ingress itself falls behind.
@@ -52,6 +36,25 @@ def build_app(args: dict[str, Any]) -> Application:
         max_ongoing_requests=config.ingress_capacity(),
         max_queued_requests=config.proxy_queue,
     ).bind(config.model_dump(), servers)
+
+
+def _model_deployments(config: AppConfig) -> dict[str, dict[str, Application]]:
+    """route → variant → its model deployment, scaled and resourced as the variant's config says."""
+    servers: dict[str, dict[str, Application]] = {}
+    for route, task in config.tasks().items():
+        server = route_entry(route).resolve("server")
+        servers[route] = {
+            name: server.options(
+                name=f"{route}-{name}",
+                **variant.scaling_options(),
+                ray_actor_options={"num_cpus": variant.num_cpus, "num_gpus": variant.num_gpus},
+                max_ongoing_requests=variant.max_ongoing_requests,
+                max_queued_requests=variant.max_queued_requests,
+                user_config=variant.batching.model_dump(),
+            ).bind(*task.server_args(name))
+            for name, variant in task.variants.items()
+        }
+    return servers
 
 
 def read_serve_config(path: str | Path) -> tuple[dict[str, Any], AppConfig]:

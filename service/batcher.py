@@ -2,7 +2,9 @@
 
 One queue and one worker per replica. Whenever the model is free, the worker takes what is queued,
 front first, up to `max_batch_size` requests and `max_batch_tokens` padded tokens (a batch pads to its
-longest request, so one long input does not pad a batch of short ones), and runs it. Requests that
+longest request, so one long input does not pad a batch of short ones), and runs it. With `max_padding`,
+requests whose lengths would pad the batch beyond that share of its real tokens wait for the next batch
+(on a CPU a padded token costs as much as a real one, and batching there buys little else). Requests that
 arrive while it runs form the next batch: batches grow only under load, and a lone request on an idle
 replica runs at once. (Ray Serve's `@serve.batch` instead waits `batch_wait_timeout_s` from the first
 request even when nothing else is coming.) `max_wait_s` > 0 restores a short fill wait, for GPUs where
@@ -52,6 +54,7 @@ class BatchPolicy:
     max_batch_tokens: int = 4096
     max_wait_s: float = 0.0
     max_queue_wait_s: float | None = None  # admission limit; None admits everything
+    max_padding: float | None = None  # padded tokens ≤ (1 + this) × real tokens per batch; None: no bound
 
 
 @dataclass
@@ -147,22 +150,33 @@ class Batcher(Generic[P, R]):
             self._worker = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
 
     def _take(self) -> list[Pending[P, R]]:
-        """Front of the queue that fits both budgets (always at least one request); expired ones dropped."""
-        now, batch, longest = self._clock(), [], 0
+        """The queue's front, and what joins it within the budgets (always at least one request); expired
+        ones dropped. With `max_padding`, a request that would pad the batch past it is passed over and
+        keeps its place: the next batch starts with it, so it is overtaken by one batch at most."""
+        now, batch, longest, real, kept = self._clock(), [], 0, 0, deque()
         while self._queue:
-            item = self._queue[0]
+            item = self._queue.popleft()
             if item.future.done():  # the caller gave up (cancelled): no model time for it
-                self._queue.popleft()
                 continue
             if item.deadline is not None and now > item.deadline:
-                self._queue.popleft()
                 item.future.set_exception(DeadlineExceeded("the deadline passed while queued"))
                 continue
-            padded = (len(batch) + 1) * max(longest, item.tokens)
-            if batch and (len(batch) >= self.policy.max_batch_size or padded > self.policy.max_batch_tokens):
+            if batch and len(batch) >= self.policy.max_batch_size:
+                kept.append(item)
                 break
-            batch.append(self._queue.popleft())
-            longest = max(longest, item.tokens)
+            padded = (len(batch) + 1) * max(longest, item.tokens)
+            too_padded = self.policy.max_padding is not None and padded > (1 + self.policy.max_padding) * (
+                real + item.tokens
+            )
+            if batch and (padded > self.policy.max_batch_tokens or too_padded):
+                kept.append(item)
+                if self.policy.max_padding is None:
+                    break  # front first: without a padding budget, nothing overtakes
+                continue
+            batch.append(item)
+            longest, real = max(longest, item.tokens), real + item.tokens
+        kept.extend(self._queue)
+        self._queue = kept
         return batch
 
     def _full(self) -> bool:

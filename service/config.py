@@ -38,6 +38,12 @@ class BatchingConfig(Strict):
         "(default: half the task's request_timeout_s)",
     )  # fmt: skip
 
+    max_padding: float | None = Field(
+        None, ge=0.0, le=100.0,
+        description="padding budget: a request joins a batch only while the batch's padded tokens stay within "
+        "(1 + this) × its real tokens; the others keep their place for the next batch (none: no bound)",
+    )  # fmt: skip
+
     @model_validator(mode="before")
     @classmethod
     def _ray_batch_timeout(cls, data: object) -> object:
@@ -50,7 +56,9 @@ class BatchingConfig(Strict):
     def policy(self, request_timeout_s: float = 30.0) -> BatchPolicy:
         """The batcher's policy; admission waits at most half the deadline unless configured."""
         admission = self.max_queue_wait_s if self.max_queue_wait_s is not None else request_timeout_s / 2
-        return BatchPolicy(self.max_batch_size, self.max_batch_tokens, self.max_wait_ms / 1000.0, admission)
+        return BatchPolicy(
+            self.max_batch_size, self.max_batch_tokens, self.max_wait_ms / 1000.0, admission, self.max_padding
+        )
 
 
 class AutoscalingConfig(Strict):

@@ -82,6 +82,9 @@ class TrainSettings(BaseModel):
     temperature: Annotated[float, Flag(group=DISTILLATION)] = Field(
         2.0, gt=0.0, le=100.0, description="distillation temperature"
     )
+    distill_hidden: Annotated[float, Flag(group=DISTILLATION)] = Field(
+        0.0, ge=0.0, le=100.0, description="weight of the layer-by-layer hidden-state MSE to the teacher (0: off)"
+    )
     log_every: Annotated[int, Flag(group=TRAINING)] = Field(20, ge=1, description="steps between log lines")
     eval_every: Annotated[int | None, Flag(group=TRAINING)] = Field(
         None, ge=1, description="steps between evaluations (default: 4 per run)"
@@ -178,6 +181,24 @@ REPLAN_FRACTION = 0.05
 REPLAN_MIN_STEPS = 8
 
 
+def hidden_state_loss(student, teacher, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared distance of the student's hidden states to the teacher's, layer by layer, over real
+    tokens. Pruning heads and FFN units keeps the layer count and the hidden width, so layer i of the
+    compact model is matched to layer i of the dense one (encoder–decoders: encoder states, whose mask
+    is the input's)."""
+    names = ("hidden_states",) if getattr(teacher, "hidden_states", None) is not None else ("encoder_hidden_states",)
+    pairs = [(s, t) for name in names for s, t in zip(getattr(student, name), getattr(teacher, name), strict=True)]
+    losses = []
+    for student_state, teacher_state in pairs:
+        per_token = (student_state.float() - teacher_state.float()).pow(2).mean(-1)
+        if attention_mask is not None:
+            mask = attention_mask.to(per_token.dtype)
+            losses.append((per_token * mask).sum() / mask.sum().clamp(min=1.0))
+        else:
+            losses.append(per_token.mean())
+    return torch.stack(losses).mean()
+
+
 class Trainer:
     """Trains `model` on `features` for `task`, optionally distilling `teacher` and pruning with `pruner`."""
 
@@ -265,12 +286,14 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------------------
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        outputs = self.model(**batch)
+        hidden = self.teacher is not None and self.settings.distill_hidden > 0
+        extra = {"output_hidden_states": True} if hidden else {}
+        outputs = self.model(**batch, **extra)
         parts = {"task_loss": outputs.loss}
         loss = outputs.loss
         if self.teacher is not None:
             with torch.no_grad():
-                teacher_outputs = self.teacher(**batch)
+                teacher_outputs = self.teacher(**batch, **extra)
             student_logits, mask = self.task.distillation_logits(outputs, batch)
             teacher_logits, _ = self.task.distillation_logits(teacher_outputs, batch)
             # Softmax of bf16 logits (mixed precision) loses the small differences distillation learns from.
@@ -278,6 +301,9 @@ class Trainer:
             parts["distill_loss"] = distill
             alpha = self.settings.distill_alpha
             loss = (1.0 - alpha) * outputs.loss + alpha * distill
+            if hidden:
+                parts["hidden_loss"] = hidden_state_loss(outputs, teacher_outputs, batch.get("attention_mask"))
+                loss = loss + self.settings.distill_hidden * parts["hidden_loss"]
         if self.pruner is not None:
             regularization = self.pruner.regularization(self.step)
             parts["regularization"] = regularization

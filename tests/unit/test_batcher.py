@@ -94,6 +94,40 @@ def test_the_token_budget_splits_batches_by_padded_length():
     asyncio.run(scenario())
 
 
+def test_a_padding_budget_groups_similar_lengths_and_overtakes_a_request_once_at_most():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=3, max_batch_tokens=10_000, max_padding=0.25)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("x", 10))
+        await model.started.wait()
+        lengths = (("a", 100), ("b", 300), ("c", 110), ("d", 290), ("e", 95), ("f", 120), ("g", 280))
+        rest = [asyncio.ensure_future(batcher.submit(name, tokens)) for name, tokens in lengths]
+        await _settle()
+        model.hold.set()
+        results = await asyncio.gather(first, *rest)
+        assert results == ["answer x"] + [f"answer {name}" for name, _ in lengths]  # nothing lost
+        # a: 100 takes c (110) and e (95); b (300) waited one batch and then leads its own with d and g;
+        # f (120) was overtaken by that one batch only.
+        assert [payloads for _, payloads in model.runs] == [["x"], ["a", "c", "e"], ["b", "d", "g"], ["f"]]
+
+    asyncio.run(scenario())
+
+
+def test_without_a_padding_budget_the_queue_runs_front_first():
+    async def scenario():
+        clock, model, batcher = _setup(max_batch_size=3, max_batch_tokens=10_000)
+        model.hold.clear()
+        first = asyncio.ensure_future(batcher.submit("x", 10))
+        await model.started.wait()
+        rest = [asyncio.ensure_future(batcher.submit(n, t)) for n, t in (("a", 100), ("b", 300), ("c", 110))]
+        await _settle()
+        model.hold.set()
+        await asyncio.gather(first, *rest)
+        assert [payloads for _, payloads in model.runs] == [["x"], ["a", "b", "c"]]
+
+    asyncio.run(scenario())
+
+
 def test_a_deadline_passed_in_the_queue_fails_without_model_time():
     async def scenario():
         clock, model, batcher = _setup(max_batch_size=8)

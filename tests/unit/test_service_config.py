@@ -135,6 +135,16 @@ def test_the_ray_batch_timeout_is_read_as_a_fill_wait():
     assert AppConfig.model_validate(_config()).qa.variants["dense"].batching.max_wait_ms == 0.0  # no wait by default
 
 
+def test_the_padding_budget_reaches_the_batcher_and_rejects_nonsense():
+    batching = {"checkpoint": "x", "batching": {"max_padding": 0.2}}
+    config = AppConfig.model_validate(_config(variants={"dense": batching}, default_variant="dense"))
+    assert config.qa.variants["dense"].batching.policy().max_padding == 0.2
+    with pytest.raises(ValidationError, match="max_padding"):
+        AppConfig.model_validate(
+            _config(variants={"dense": {"checkpoint": "x", "batching": {"max_padding": -1}}}, default_variant="dense")
+        )
+
+
 def test_colocated_variants_reserve_their_sum_and_do_not_scale_alone():
     data = {**_config(), "colocate": True}
     data["qa"]["variants"]["dense"].update(num_cpus=0.5)

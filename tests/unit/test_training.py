@@ -6,7 +6,7 @@ from torch import nn
 
 from pruning.core.errors import TrainingError
 from pruning.methods.movement.pruner import MovementPruner, MovementSettings
-from pruning.methods.training import Trainer, TrainSettings, _batch_indices
+from pruning.methods.training import Trainer, TrainSettings, _batch_indices, hidden_state_loss
 from pruning.tasks import make_task
 from tests.factories import tiny_bert
 
@@ -136,6 +136,27 @@ def test_distillation_and_regularisation_enter_the_loss(qa_setup, wordpiece_toke
     expected = 0.1 * last["task_loss"] + 0.9 * last["distill_loss"] + last["regularization"]
     assert last["loss"] == pytest.approx(expected, rel=1e-3)
     assert not teacher.training  # the teacher stays in eval mode
+
+
+def test_hidden_state_distillation_enters_the_loss_and_vanishes_on_the_teacher_itself(
+    qa_setup, wordpiece_tokenizer, tmp_path
+):
+    task, features = qa_setup
+    teacher = _no_dropout(tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=1))
+    student = tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=2)
+    settings = TrainSettings(max_steps=2, batch_size=2, log_every=1, distill_alpha=0.5, distill_hidden=3.0)
+    Trainer(student, wordpiece_tokenizer, task, features, settings, tmp_path, teacher=teacher).train()
+    last = json.loads((tmp_path / "history.jsonl").read_text().splitlines()[-1])
+    assert last["hidden_loss"] > 0
+    expected = 0.5 * last["task_loss"] + 0.5 * last["distill_loss"] + 3.0 * last["hidden_loss"]
+    assert last["loss"] == pytest.approx(expected, rel=1e-3)
+
+    batch = task.collate(wordpiece_tokenizer, features[:2])
+    with torch.no_grad():
+        same = teacher(**batch, output_hidden_states=True)
+        assert float(hidden_state_loss(same, same, batch["attention_mask"])) == 0.0
+        other = student.eval()(**batch, output_hidden_states=True)
+        assert float(hidden_state_loss(other, same, batch["attention_mask"])) > 0.0
 
 
 def test_settings_count_steps_from_epochs():

@@ -54,6 +54,9 @@ class RecoverySettings(BaseModel):
         0.9, ge=0.0, le=1.0, description="weight of the distillation loss (task loss: 1 − α)"
     )
     recover_temperature: Annotated[float, _recovery()] = Field(2.0, gt=0.0, le=100.0)
+    recover_hidden: Annotated[float, _recovery()] = Field(
+        0.0, ge=0.0, le=100.0, description="weight of the hidden-state MSE to the dense model, layer by layer"
+    )
     recover_precision: Annotated[TrainPrecision, _recovery()] = Field(
         "auto", description="bf16 autocast for the distillation steps (auto: where the device has bf16 units)"
     )
@@ -75,6 +78,7 @@ class RecoverySettings(BaseModel):
             learning_rate=self.recover_lr,
             distill_alpha=self.recover_alpha,
             temperature=self.recover_temperature,
+            distill_hidden=self.recover_hidden,
             warmup_fraction=0.05,
             # Minutes are the budget: unpadded batches and bf16 give 2–2.5× the steps in the same time.
             group_by_length=True,
