@@ -10,6 +10,8 @@ One run, one machine, nothing else running:
    under the project's closed-loop load generator at each concurrency, dense and pruned;
 3. the naive anchor (`benchmarks/naive_server.py`: FastAPI + uvicorn, the model called per request) with
    the dense model in fp32 — what a user deploys without blockserve — and in the served numerics.
+4. c=1 rounds alternating between blockserve's dense variant and the naive server in the served numerics,
+   both running (the machine's speed drifts more between minutes than the few ms being compared).
 Reports client p50/p99 and throughput per concurrency, the overhead on top of the model (client p50 −
 server-side request time, server-side − inference), the HTTP pruned/dense ratio against the bench one,
 and the largest throughput each server sustains with p99 under `--slo-ms`. Writes JSON, Markdown, a plot.
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -135,32 +139,45 @@ def blockserve_config(dense: str, pruned: str, dtype: str, threads: int, port: i
     }  # fmt: skip
 
 
-def run_naive(model: str, dtype: str, port: int, bodies, levels, duration_s) -> list[dict]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "naive_server.py"),
-            "--model",
-            model,
-            "--dtype",
-            dtype,
-            "--port",
-            str(port),
-        ]
-    )
+@contextlib.contextmanager
+def naive_server(model: str, dtype: str, port: int, probe: dict):
+    """The naive anchor running on `port` until the block ends."""
+    command = [sys.executable, str(ROOT / "benchmarks" / "naive_server.py"), "--model", model, "--dtype", dtype,
+               "--port", str(port)]  # fmt: skip
+    process = subprocess.Popen(command)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                httpx.post(f"http://127.0.0.1:{port}/v1/qa", json=bodies[0], timeout=30).raise_for_status()
+                httpx.post(f"http://127.0.0.1:{port}/v1/qa", json=probe, timeout=30).raise_for_status()
                 break
             except httpx.HTTPError:
                 time.sleep(1.0)
-        rows = [asyncio.run(drive(f"http://127.0.0.1:{port}", "dense", bodies, c, duration_s)) for c in levels]
+        yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def run_naive(model: str, dtype: str, port: int, bodies, levels, duration_s) -> list[dict]:
+    with naive_server(model, dtype, port, bodies[0]) as url:
+        rows = [asyncio.run(drive(url, "dense", bodies, c, duration_s)) for c in levels]
     return [{**row, "server": f"naive {dtype}"} for row in rows]
+
+
+def interleaved_c1(blockserve_url: str, naive_url: str, bodies, rounds: int, round_s: float) -> dict:
+    """c=1 p50 of blockserve's dense variant and of the naive server, in alternating short rounds while both
+    run: this machine's speed drifts by 15–20 % over minutes, more than the 5 ms asked of the difference."""
+    pairs = []
+    for _ in range(rounds):
+        ours = asyncio.run(drive(blockserve_url, "dense", bodies, 1, round_s))
+        naive = asyncio.run(drive(naive_url, "dense", bodies, 1, round_s))
+        pairs.append({"blockserve_p50_ms": ours["p50_ms"], "naive_p50_ms": naive["p50_ms"],
+                      "blockserve_inference_p50_ms": ours["inference_p50_ms"],
+                      "naive_inference_p50_ms": naive["inference_p50_ms"]})  # fmt: skip
+    differences = sorted(p["blockserve_p50_ms"] - p["naive_p50_ms"] for p in pairs)
+    return {"rounds": pairs, "median_difference_ms": round(statistics.median(differences), 2),
+            "difference_range_ms": [round(differences[0], 2), round(differences[-1], 2)]}  # fmt: skip
 
 
 def best_under_slo(rows: list[dict], slo_ms: float) -> dict | None:
@@ -181,6 +198,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--port", type=int, default=8123)
+    parser.add_argument(
+        "--interleave-rounds", type=int, default=8, help="alternating c=1 rounds against the naive server"
+    )
+    parser.add_argument("--round-s", type=float, default=4.0)
     parser.add_argument(
         "--modes",
         nargs="+",
@@ -203,6 +224,7 @@ def main() -> None:
     log.info("bench: %s", bench)
 
     rows: list[dict] = []
+    interleaved: dict[str, dict] = {}
     for name in args.modes:
         mode = MODES[name]
         # Ray Serve reads these from the environment of the processes Ray starts (after ray.init); with
@@ -224,6 +246,13 @@ def main() -> None:
                     for variant in ("dense", "pruned"):
                         row = asyncio.run(drive(url, variant, bodies, concurrency, args.duration))
                         rows.append({**row, "server": server})
+                if args.interleave_rounds:
+                    naive_dtype = dtype_name(served_dtype)
+                    with naive_server(args.dense, naive_dtype, args.port + 1, bodies[0]) as naive_url:
+                        interleaved[server] = interleaved_c1(
+                            url, naive_url, bodies, args.interleave_rounds, args.round_s
+                        )
+                    log.info("interleaved c=1 against naive %s: %s", naive_dtype, interleaved[server])
     for dtype in dict.fromkeys(["float32", dtype_name(served_dtype)]):
         rows += run_naive(args.dense, dtype, args.port + 1, bodies, args.levels, args.duration)
 
@@ -245,6 +274,8 @@ def main() -> None:
         whole_path = best(server, "pruned")
         summary[server] = {
             "c1_dense_p50_minus_naive_ms": round(dense["p50_ms"] - naive_same["p50_ms"], 2),
+            "c1_dense_minus_naive_interleaved_ms": interleaved[server]["median_difference_ms"]
+            if server in interleaved else None,
             "c1_request_minus_inference_ms": round(dense["server_p50_ms"] - dense["inference_p50_ms"], 2)
             if dense["server_p50_ms"] and dense["inference_p50_ms"] else None,
             "c1_client_minus_request_ms": round(dense["p50_ms"] - dense["server_p50_ms"], 2)
@@ -266,6 +297,7 @@ def main() -> None:
         "dense": args.dense, "pruned": args.pruned, "questions": len(bodies), "threads": args.threads,
         "served_dtype": dtype_name(served_dtype), "cpu_flags": flags, "bench": bench, "summary": summary,
         "pruned_evaluation": evaluation.model_dump() if evaluation else None, "rows": rows,
+        "interleaved_c1": interleaved,
     }  # fmt: skip
     (out / "serve-overhead.json").write_text(json.dumps(result, indent=1))
     lines = ["| server | variant | c | p50 ms | p99 ms | req/s | server p50 | inference p50 | errors |",

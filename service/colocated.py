@@ -44,7 +44,10 @@ def colocated_servers(config: AppConfig) -> dict[str, dict[str, LocalHandle]]:
     second thread running torch work in the process would slow every forward (`service.model_thread`)."""
     import torch
 
-    executor = model_thread(max(v.threads or torch.get_num_threads() for v in config.variants()), "model")
+    variants = config.variants()
+    executor = model_thread(
+        max(v.threads or torch.get_num_threads() for v in variants), "model", max(v.nice for v in variants)
+    )
     servers: dict[str, dict[str, LocalHandle]] = {}
     for route, task in config.tasks().items():
         server_class = route_entry(route).resolve("server").func_or_class

@@ -79,7 +79,7 @@ class _ModelServer:
         # between pool threads — made every forward ~30 % slower here (MiniLM bf16, 2 threads: 18.7 → 24.5 ms).
         self.threads = self.variant.threads or torch.get_num_threads()  # Ray's default: num_cpus, 1 when fractional
         # Colocated variants (`service.colocated`) share their process's one model thread.
-        self._model_thread = model_executor or model_thread(self.threads, f"model-{variant_name}")
+        self._model_thread = model_executor or model_thread(self.threads, f"model-{variant_name}", self.variant.nice)
         self._model_thread.submit(self._load).result()
         self.batching = BatchingConfig()
         self.batcher = Batcher(self._run_batch, self.batching.policy(self.limits.request_timeout_s))

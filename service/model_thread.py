@@ -8,19 +8,28 @@ MiniLM bf16 31.6 ms per request in the replica against 19.4 ms with the 2 thread
 The count is therefore set again on the model thread itself, before its first task. The replica also
 runs *all* its torch work here, loading included (see `service.deployments`): each thread that runs a
 parallel op keeps its own OpenMP team, and two teams in one process cost every forward ~30 %.
+
+`nice` lets the HTTP path (event loop, proxy) take the CPU first where it shares cores with the model:
+under overload, refusals then wait for the model's threads no longer (issue 17's 503 latency).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 
-def model_thread(threads: int, name: str) -> ThreadPoolExecutor:
-    """A single-worker executor whose thread runs torch's intra-op work on `threads` threads."""
+def model_thread(threads: int, name: str, nice: int = 0) -> ThreadPoolExecutor:
+    """A single-worker executor whose thread runs torch's intra-op work on `threads` threads, `nice` steps
+    below the process's priority (Linux: per thread; the OpenMP workers it starts inherit it)."""
 
     def configure() -> None:
         import torch
 
+        if nice:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
         torch.set_num_threads(threads)
 
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=configure)

@@ -78,54 +78,45 @@ def test_requests_arriving_during_a_run_form_the_next_batches_up_to_the_count():
     asyncio.run(scenario())
 
 
-def test_the_token_budget_splits_batches_by_padded_length():
+def _batches_queued_behind_a_run(submissions, **policy):
+    """Results and batches when `submissions` ((payload, tokens), ...) queue while a first request runs."""
+
     async def scenario():
-        clock, model, batcher = _setup(max_batch_size=8, max_batch_tokens=400)
+        clock, model, batcher = _setup(**policy)
         model.hold.clear()
         first = asyncio.ensure_future(batcher.submit("x", 10))
         await model.started.wait()
-        # 2 × 100 fits; adding 300 pads all three to 900 > 400; 300 alone runs (a request always runs).
-        rest = [asyncio.ensure_future(batcher.submit(n, t)) for n, t in (("a", 100), ("b", 100), ("c", 300), ("d", 50))]
-        await _settle()
-        model.hold.set()
-        await asyncio.gather(first, *rest)
-        assert [payloads for _, payloads in model.runs] == [["x"], ["a", "b"], ["c"], ["d"]]
-
-    asyncio.run(scenario())
-
-
-def test_a_padding_budget_groups_similar_lengths_and_overtakes_a_request_once_at_most():
-    async def scenario():
-        clock, model, batcher = _setup(max_batch_size=3, max_batch_tokens=10_000, max_padding=0.25)
-        model.hold.clear()
-        first = asyncio.ensure_future(batcher.submit("x", 10))
-        await model.started.wait()
-        lengths = (("a", 100), ("b", 300), ("c", 110), ("d", 290), ("e", 95), ("f", 120), ("g", 280))
-        rest = [asyncio.ensure_future(batcher.submit(name, tokens)) for name, tokens in lengths]
+        rest = [asyncio.ensure_future(batcher.submit(name, tokens)) for name, tokens in submissions]
         await _settle()
         model.hold.set()
         results = await asyncio.gather(first, *rest)
-        assert results == ["answer x"] + [f"answer {name}" for name, _ in lengths]  # nothing lost
-        # a: 100 takes c (110) and e (95); b (300) waited one batch and then leads its own with d and g;
-        # f (120) was overtaken by that one batch only.
-        assert [payloads for _, payloads in model.runs] == [["x"], ["a", "c", "e"], ["b", "d", "g"], ["f"]]
+        return results, [payloads for _, payloads in model.runs]
 
-    asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_the_token_budget_splits_batches_by_padded_length():
+    # 2 × 100 fits; adding 300 pads all three to 900 > 400; 300 alone runs (a request always runs).
+    submissions = (("a", 100), ("b", 100), ("c", 300), ("d", 50))
+    _, batches = _batches_queued_behind_a_run(submissions, max_batch_size=8, max_batch_tokens=400)
+    assert batches == [["x"], ["a", "b"], ["c"], ["d"]]
+
+
+def test_a_padding_budget_groups_similar_lengths_and_overtakes_a_request_once_at_most():
+    submissions = (("a", 100), ("b", 300), ("c", 110), ("d", 290), ("e", 95), ("f", 120), ("g", 280))
+    results, batches = _batches_queued_behind_a_run(
+        submissions, max_batch_size=3, max_batch_tokens=10_000, max_padding=0.25
+    )
+    assert results == ["answer x"] + [f"answer {name}" for name, _ in submissions]  # nothing lost
+    # a: 100 takes c (110) and e (95); b (300) waited one batch and then leads its own with d and g;
+    # f (120) was overtaken by that one batch only.
+    assert batches == [["x"], ["a", "c", "e"], ["b", "d", "g"], ["f"]]
 
 
 def test_without_a_padding_budget_the_queue_runs_front_first():
-    async def scenario():
-        clock, model, batcher = _setup(max_batch_size=3, max_batch_tokens=10_000)
-        model.hold.clear()
-        first = asyncio.ensure_future(batcher.submit("x", 10))
-        await model.started.wait()
-        rest = [asyncio.ensure_future(batcher.submit(n, t)) for n, t in (("a", 100), ("b", 300), ("c", 110))]
-        await _settle()
-        model.hold.set()
-        await asyncio.gather(first, *rest)
-        assert [payloads for _, payloads in model.runs] == [["x"], ["a", "b", "c"]]
-
-    asyncio.run(scenario())
+    submissions = (("a", 100), ("b", 300), ("c", 110))
+    _, batches = _batches_queued_behind_a_run(submissions, max_batch_size=3, max_batch_tokens=10_000)
+    assert batches == [["x"], ["a", "b", "c"]]
 
 
 def test_a_deadline_passed_in_the_queue_fails_without_model_time():

@@ -36,6 +36,34 @@ def test_model_thread_runs_with_the_configured_threads_under_rays_default():
     assert ours == 3
 
 
+def test_nice_lowers_the_model_threads_priority_and_its_openmp_workers_inherit_it():
+    probe = textwrap.dedent(
+        """
+        import os, threading, time
+        import torch
+        from service.model_thread import model_thread
+
+        def priority():
+            return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        def workers():
+            torch.ones(4096, 4096).add_(1)  # a parallel region: starts the thread's OpenMP team
+            tids = [int(t) for t in os.listdir("/proc/self/task")]
+            return sorted({os.getpriority(os.PRIO_PROCESS, tid) for tid in tids} - {base})
+
+        base = priority()
+        executor = model_thread(2, "model", nice=4)
+        print(base, executor.submit(priority).result(), priority(), executor.submit(workers).result())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    base, model, main, others = done.stdout.split(maxsplit=3)
+    assert int(model) == min(19, int(base) + 4) and int(main) == int(base)  # the caller's thread keeps its own
+    assert others.strip() == f"[{min(19, int(base) + 4)}]"  # the model thread and its OpenMP worker, nothing else
+
+
 def test_a_replica_runs_every_torch_call_on_its_model_thread(dense_bert_dir, monkeypatch):
     """Loading, warm-up and batches on one thread: a second OpenMP team in the process slows every forward."""
     import asyncio

@@ -139,6 +139,7 @@ def test_the_padding_budget_reaches_the_batcher_and_rejects_nonsense():
     batching = {"checkpoint": "x", "batching": {"max_padding": 0.2}}
     config = AppConfig.model_validate(_config(variants={"dense": batching}, default_variant="dense"))
     assert config.qa.variants["dense"].batching.policy().max_padding == 0.2
+    assert AppConfig.model_validate(_config()).qa.variants["dense"].batching.max_padding == 0.1  # on by default
     with pytest.raises(ValidationError, match="max_padding"):
         AppConfig.model_validate(
             _config(variants={"dense": {"checkpoint": "x", "batching": {"max_padding": -1}}}, default_variant="dense")
