@@ -56,9 +56,9 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int, shadow: float = 0.0,
-           colocate: bool = False, http_front: str = "ray-proxy") -> dict:  # fmt: skip
+           colocate: bool = False, http_front: str = "ray-proxy", nice: int = 0) -> dict:  # fmt: skip
     variant = {"checkpoint": model, "device": "cpu", "dtype": "auto", "replicas": replicas, "num_cpus": 1,
-               "threads": threads, "max_ongoing_requests": 256, "max_queued_requests": 64,
+               "threads": threads, "nice": nice, "max_ongoing_requests": 256, "max_queued_requests": 64,
                "batching": {"max_batch_size": 8, "max_batch_tokens": 3072, "max_queue_wait_s": max_queue_wait_s}}  # fmt: skip
     variants = {"dense": variant}
     if shadow:  # three replicas on two CPUs: Ray schedules by num_cpus, threads stay as set
@@ -254,6 +254,7 @@ def main() -> None:
     # which must keep answering 503s while the model is saturated. With 2, 8× overload starved it.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--port", type=int, default=8124)
+    parser.add_argument("--nice", type=int, default=0, help="the variants' `nice`: model threads yield the CPU")
     parser.add_argument("--colocate", action="store_true", help="overload and fuzzing with the model in the ingress")
     parser.add_argument("--http-front", default="ray-proxy", choices=["ray-proxy", "haproxy"],
                         help="overload and fuzzing behind this HTTP front")  # fmt: skip
@@ -266,7 +267,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     bodies = [{"question": e.question, "context": e.context} for e in read_squad(Path(args.data))[:64]]
     result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait, "colocate": args.colocate,
-                    "http_front": args.http_front}  # fmt: skip
+                    "http_front": args.http_front, "nice": args.nice}  # fmt: skip
     result["cpu_flags"] = reported_cpu_flags()
 
     def save() -> None:  # after every phase: a run cut short keeps what it measured
@@ -284,6 +285,7 @@ def main() -> None:
                     args.port,
                     colocate=args.colocate,
                     http_front=args.http_front,
+                    nice=args.nice,
                 )
             )
         )

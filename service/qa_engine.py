@@ -68,7 +68,8 @@ class QAEngine:
         self.tokenizer = tokenizer
         self.limits = limits
         # Measured here: a pruned MiniLM in bf16 took 40 ms per request over 40 distinct lengths and
-        # 10 ms with lengths rounded up to 32 (7 ms at one length): oneDNN's per-shape kernels thrash.
+        # 10 ms with lengths rounded up to 32 (7 ms at one length): oneDNN's per-shape kernels thrash (its
+        # cache is now sized for them, `service.model_thread`, and lengths are padded to 8).
         self.pad_multiple = padding_multiple(limits, limits.window_tokens, max_positions)
         # A private copy of the fast tokenizer's backend: transformers leaves truncation and padding
         # settings on the shared one after each call, and the windows below need neither.

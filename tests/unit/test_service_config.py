@@ -146,6 +146,17 @@ def test_the_padding_budget_reaches_the_batcher_and_rejects_nonsense():
         )
 
 
+def test_model_thread_priority_is_the_process_one_unless_lowered_within_linux_bounds():
+    assert AppConfig.model_validate(_config()).qa.variants["dense"].nice == 0
+    lowered = {"dense": {"checkpoint": "x", "nice": 4}}
+    assert AppConfig.model_validate(_config(variants=lowered, default_variant="dense")).qa.variants["dense"].nice == 4
+    for bad in (-1, 20):
+        with pytest.raises(ValidationError, match="nice"):
+            AppConfig.model_validate(
+                _config(variants={"dense": {"checkpoint": "x", "nice": bad}}, default_variant="dense")
+            )
+
+
 def test_colocated_variants_reserve_their_sum_and_do_not_scale_alone():
     data = {**_config(), "colocate": True}
     data["qa"]["variants"]["dense"].update(num_cpus=0.5)
