@@ -152,7 +152,8 @@ class Batcher(Generic[P, R]):
     def _take(self) -> list[Pending[P, R]]:
         """The queue's front, and what joins it within the budgets (always at least one request); expired
         ones dropped. With `max_padding`, a request that would pad the batch past it is passed over and
-        keeps its place: the next batch starts with it, so it is overtaken by one batch at most."""
+        keeps its place in line; every batch starts with the oldest request, so a request waits at most one
+        batch per request ahead of it, as in a plain queue."""
         now, batch, longest, real, kept = self._clock(), [], 0, 0, deque()
         while self._queue:
             item = self._queue.popleft()

@@ -102,14 +102,14 @@ def test_the_token_budget_splits_batches_by_padded_length():
     assert batches == [["x"], ["a", "b"], ["c"], ["d"]]
 
 
-def test_a_padding_budget_groups_similar_lengths_and_overtakes_a_request_once_at_most():
+def test_a_padding_budget_groups_similar_lengths_and_keeps_the_others_in_line():
     submissions = (("a", 100), ("b", 300), ("c", 110), ("d", 290), ("e", 95), ("f", 120), ("g", 280))
     results, batches = _batches_queued_behind_a_run(
         submissions, max_batch_size=3, max_batch_tokens=10_000, max_padding=0.25
     )
     assert results == ["answer x"] + [f"answer {name}" for name, _ in submissions]  # nothing lost
     # a: 100 takes c (110) and e (95); b (300) waited one batch and then leads its own with d and g;
-    # f (120) was overtaken by that one batch only.
+    # f (120) kept its place behind b and d and runs as soon as it is the oldest.
     assert batches == [["x"], ["a", "c", "e"], ["b", "d", "g"], ["f"]]
 
 
