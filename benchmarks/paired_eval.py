@@ -21,12 +21,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pareto_qa import paired, per_question_f1  # noqa: E402
+from pareto_qa import median_ms, paired, per_question_f1  # noqa: E402
 
 from pruning.artifacts.checkpoint import load_checkpoint  # noqa: E402
-from pruning.runtime.numerics import dtype_name, in_dtype, reported_cpu_flags, resolve_dtype  # noqa: E402
-from pruning.runtime.runners import Shape, make_runner, random_inputs  # noqa: E402
-from pruning.runtime.timing import time_interleaved  # noqa: E402
+from pruning.runtime.numerics import dtype_name, reported_cpu_flags, resolve_dtype  # noqa: E402
 from pruning.tasks import make_task  # noqa: E402
 from pruning.tasks.evaluate import checkpoint_tokenizer  # noqa: E402
 
@@ -64,17 +62,10 @@ def main() -> None:
         }
         log.info("%s: %s", dtype_name(dtype), scores[dtype_name(dtype)])
 
+    timings = median_ms({"dense": dense, "pruned": pruned}, served, [8, 1], args.seq, args.repeats)
     speed = {}
     for batch in (8, 1):
-        shape = Shape(batch, args.seq)
-        inputs = random_inputs(dense, shape, "cpu", seed=1)
-        runners = {
-            name: make_runner(in_dtype(model, served), TASK, inputs, shape, "torch", name=name)
-            for name, model in (("dense", dense), ("pruned", pruned))
-        }
-        with torch.inference_mode():
-            timing = time_interleaved(runners, warmup=3, repeats=args.repeats)
-        dense_ms, pruned_ms = timing["dense"].median_ms, timing["pruned"].median_ms
+        dense_ms, pruned_ms = timings["dense"][batch], timings["pruned"][batch]
         speed[f"b{batch}"] = {"dense_ms": round(dense_ms, 2), "pruned_ms": round(pruned_ms, 2),
                               "speedup": round(dense_ms / pruned_ms, 3)}  # fmt: skip
         log.info("b%d s%d %s: %s", batch, args.seq, dtype_name(served), speed[f"b{batch}"])

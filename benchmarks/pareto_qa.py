@@ -59,6 +59,25 @@ def paired(f1: list[float], dense: list[float]) -> dict[str, float]:
     return {"f1": round(statistics.fmean(f1), 2), "delta": round(mean, 2), "ci95": round(half, 2)}
 
 
+def median_ms(models: dict[str, nn.Module], dtype: torch.dtype, batches: list[int], seq: int, repeats: int):
+    """name → batch → median ms of each model in `dtype`, all interleaved on the same random inputs per
+    batch (the inputs of the first model, the dense one)."""
+    reference = next(iter(models.values()))
+    timings: dict[str, dict[int, float]] = {}
+    for batch in batches:
+        shape = Shape(batch, seq)
+        inputs = random_inputs(reference, shape, "cpu", seed=1)
+        runners = {
+            name: make_runner(in_dtype(model, dtype), task_of(reference), inputs, shape, "torch", name=name)
+            for name, model in models.items()
+        }
+        with torch.inference_mode():
+            measured = time_interleaved(runners, warmup=3, repeats=repeats)
+        for name, timing in measured.items():
+            timings.setdefault(name, {})[batch] = timing.median_ms
+    return timings
+
+
 def drop_layers(dense: nn.Module, keep: int) -> nn.Module:
     """The dense model with `keep` of its layers, evenly spaced, the last one kept."""
     model = copy.deepcopy(dense)
@@ -165,18 +184,9 @@ def main() -> None:
         models[name] = model
 
     # Timing last, in one interleaved run: every model in the served numerics, same inputs.
-    timings: dict[str, dict[int, float]] = {}
-    for batch in sorted({args.batch, 1}, reverse=True):
-        shape = Shape(batch, args.seq)
-        inputs = random_inputs(dense, shape, "cpu", seed=1)
-        runners = {
-            name: make_runner(in_dtype(model, served), task_of(dense), inputs, shape, "torch", name=name)
-            for name, model in {"dense": dense, **models}.items()
-        }
-        with torch.inference_mode():
-            measured = time_interleaved(runners, warmup=3, repeats=args.repeats)
-        for name, timing in measured.items():
-            timings.setdefault(name, {})[batch] = timing.median_ms
+    timings = median_ms(
+        {"dense": dense, **models}, served, sorted({args.batch, 1}, reverse=True), args.seq, args.repeats
+    )
     for row in rows:
         times = timings[row.get("plan", "dense")]
         row.update({f"b{b}_ms": round(ms, 2) for b, ms in times.items()})

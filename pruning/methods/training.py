@@ -13,11 +13,12 @@ there with the same data order (dropout noise differs).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -131,7 +132,11 @@ def _epoch_generator(epoch: int, seed: int) -> torch.Generator:
 GROUP_WINDOW_BATCHES = 50
 
 
-def _epoch_batches(features: int, batch_size: int, seed: int, epoch: int, lengths: list[int] | None) -> list[list[int]]:
+# Cached: the trainer asks once per step, and the epoch's order (a permutation, sorted windows) is the same.
+@functools.lru_cache(maxsize=2)
+def _epoch_batches(
+    features: int, batch_size: int, seed: int, epoch: int, lengths: tuple[int, ...] | None
+) -> list[list[int]]:
     generator = _epoch_generator(epoch, seed)
     order = torch.randperm(features, generator=generator).tolist()
     if lengths is None:
@@ -146,11 +151,14 @@ def _epoch_batches(features: int, batch_size: int, seed: int, epoch: int, length
     return [batches[i] for i in shuffle.tolist()]
 
 
-def _batch_indices(step: int, features: int, batch_size: int, seed: int, lengths: list[int] | None = None) -> list[int]:
+def _batch_indices(
+    step: int, features: int, batch_size: int, seed: int, lengths: Sequence[int] | None = None
+) -> list[int]:
     """Feature indices of global step `step`: epoch by epoch, a fresh seeded shuffle each epoch; with
     `lengths`, features of similar length share a batch (less padding), still in a seeded order."""
     epoch, position = divmod(step, math.ceil(features / batch_size))
-    return _epoch_batches(features, batch_size, seed, epoch, lengths)[position]
+    lengths = None if lengths is None else tuple(lengths)
+    return list(_epoch_batches(features, batch_size, seed, epoch, lengths)[position])
 
 
 def _optimizer(model: nn.Module, settings: TrainSettings, pruner: MovementPruner | None) -> torch.optim.Optimizer:
@@ -186,10 +194,9 @@ def hidden_state_loss(student, teacher, attention_mask: torch.Tensor | None) -> 
     tokens. Pruning heads and FFN units keeps the layer count and the hidden width, so layer i of the
     compact model is matched to layer i of the dense one (encoder–decoders: encoder states, whose mask
     is the input's)."""
-    names = ("hidden_states",) if getattr(teacher, "hidden_states", None) is not None else ("encoder_hidden_states",)
-    pairs = [(s, t) for name in names for s, t in zip(getattr(student, name), getattr(teacher, name), strict=True)]
+    name = "hidden_states" if getattr(teacher, "hidden_states", None) is not None else "encoder_hidden_states"
     losses = []
-    for student_state, teacher_state in pairs:
+    for student_state, teacher_state in zip(getattr(student, name), getattr(teacher, name), strict=True):
         per_token = (student_state.float() - teacher_state.float()).pow(2).mean(-1)
         if attention_mask is not None:
             mask = attention_mask.to(per_token.dtype)
@@ -237,7 +244,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.step = 0
         self.clock: Callable[[], float] = time.perf_counter  # what `deadline` is read against
-        self.lengths = [len(f["input_ids"]) for f in features] if settings.group_by_length else None
+        self.lengths = tuple(len(f["input_ids"]) for f in features) if settings.group_by_length else None
         self.device = str(next(model.parameters()).device)
         self.precision = training_precision(settings.mixed_precision, self.device)
 
@@ -310,6 +317,26 @@ class Trainer:
             loss = loss + regularization
         parts["loss"] = loss
         return loss, {name: float(value.detach()) for name, value in parts.items()}
+
+    def seconds_per_step(self, features: list[dict], tries: int = 3) -> float:
+        """Wall time of one step on a batch of `features` — the loss as `train` computes it (teacher,
+        hidden states, precision included) and its backward — the slowest of `tries` after a warm-up one.
+        The weights are not changed (no optimizer step; gradients cleared)."""
+        device = next(self.model.parameters()).device
+        batch = {name: tensor.to(device) for name, tensor in self.task.collate(self.tokenizer, features).items()}
+        if self.teacher is not None:
+            self.teacher.eval()
+        self.model.train()
+        times = []
+        for _ in range(tries):
+            started = time.perf_counter()
+            with autocast_to(self.precision, self.device):
+                loss, _ = self._loss(batch)
+            loss.backward()
+            times.append(time.perf_counter() - started)
+        self.model.zero_grad(set_to_none=True)
+        self.model.eval()
+        return max(times[1:] or times)
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()

@@ -159,6 +159,19 @@ def test_hidden_state_distillation_enters_the_loss_and_vanishes_on_the_teacher_i
         assert float(hidden_state_loss(other, same, batch["attention_mask"])) > 0.0
 
 
+def test_timing_a_step_leaves_the_weights_and_gradients_as_they_were(qa_setup, wordpiece_tokenizer, tmp_path):
+    task, features = qa_setup
+    teacher = tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=1)
+    student = tiny_bert(vocab_size=len(wordpiece_tokenizer), seed=2)
+    before = {name: p.detach().clone() for name, p in student.named_parameters()}
+    trainer = Trainer(
+        student, wordpiece_tokenizer, task, features, TrainSettings(max_steps=1), tmp_path, teacher=teacher
+    )
+    assert trainer.seconds_per_step(features[:2]) > 0
+    assert all(torch.equal(p, before[name]) and p.grad is None for name, p in student.named_parameters())
+    assert not student.training and not (tmp_path / "history.jsonl").exists()
+
+
 def test_settings_count_steps_from_epochs():
     assert TrainSettings(epochs=2, batch_size=4).total_steps(10) == 6
     assert TrainSettings(epochs=0.5, batch_size=4).total_steps(10) == 2

@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -24,8 +23,8 @@ from pruning.artifacts.records import RecoveryRecord
 from pruning.core.options import Flag
 from pruning.methods.history_plot import plot_history
 from pruning.methods.training import Trainer, TrainSettings
-from pruning.runtime.numerics import TrainPrecision, autocast_to, dtype_name, training_precision
-from pruning.tasks import Task, distillation_loss
+from pruning.runtime.numerics import TrainPrecision, dtype_name
+from pruning.tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -89,34 +88,11 @@ class RecoverySettings(BaseModel):
         )
 
 
-def seconds_per_step(
-    student, teacher, task: Task, tokenizer, features: list[dict], settings: RecoverySettings
-) -> float:
-    """Wall time of one training step (teacher forward, student forward and backward) on a batch of
-    median-length features (batches are grouped by length): the slower of two after a warm-up one,
-    with a margin for the optimizer step and collation."""
-    device = next(student.parameters()).device
-    size = min(settings.recover_batch_size, len(features))
+def median_length_batch(features: list[dict], size: int) -> list[dict]:
+    """`size` features around the median length: what a length-grouped batch typically holds."""
     by_length = sorted(features, key=lambda feature: len(feature["input_ids"]))
     middle = max(0, len(by_length) // 2 - size // 2)
-    batch = task.collate(tokenizer, by_length[middle : middle + size])
-    batch = {k: v.to(device) for k, v in batch.items()}
-    precision = training_precision(settings.recover_precision, str(device))
-    student.train()
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        with autocast_to(precision, str(device)):
-            with torch.no_grad():
-                teacher_logits, _ = task.distillation_logits(teacher(**batch), batch)
-            outputs = student(**batch)
-            logits, mask = task.distillation_logits(outputs, batch)
-            loss = outputs.loss + distillation_loss(logits.float(), teacher_logits.float(), 2.0, mask)
-        loss.backward()
-        times.append(time.perf_counter() - started)
-    student.zero_grad(set_to_none=True)
-    student.eval()
-    return max(times[1:]) * 1.15
+    return by_length[middle : middle + size]
 
 
 def recover(
@@ -141,7 +117,10 @@ def recover(
     steps = settings.recover_steps
     if settings.recover_minutes is not None:
         budget = settings.recover_minutes * 60.0
-        per_step = seconds_per_step(compact, dense, task, tokenizer, features, settings)
+        # Timed by a trainer of the same settings, so the step measured is the step run; + 15 % for the
+        # optimizer step and collation, which it leaves out.
+        probe = Trainer(compact, tokenizer, task, features, settings.train_settings(1, seed), workdir, teacher=dense)
+        per_step = 1.15 * probe.seconds_per_step(median_length_batch(features, settings.recover_batch_size))
         steps = max(1, math.floor((budget - (time.perf_counter() - started)) / per_step))
         deadline = started + budget
         log.info("recovery: %.2f s per step → %d steps in %.1f min", per_step, steps, settings.recover_minutes)
