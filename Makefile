@@ -233,9 +233,12 @@ $(SERVE_PRUNED)/blockserve.json: | $(STAMP)
 	$(BIN)/blockserve prune --method posttrain --model $(MINILM) --calib $(SQUAD)/train.json --eval $(SQUAD)/dev.json \
 		--speedup 1.5 --seq 384 --batch 1 --dtype auto --repeats 20 --latency-cache $(PT_OUT)/latency-cache \
 		--out $(SERVE_PRUNED)
+# BEST_NUMERICS=onnx:int8 (what `blockserve tune` picks on a CPU without AMX) also serves the pruned model in
+# those numerics and scores each variant's dev F1 over HTTP.
+BEST_NUMERICS ?=
 serve-overhead: $(STAMP) $(SERVE_PRUNED)/blockserve.json
 	$(BIN)/python benchmarks/serve_overhead.py --dense $(MINILM) --pruned $(SERVE_PRUNED) \
-		--data $(SQUAD)/dev.json --out benchmarks/serve-overhead
+		--data $(SQUAD)/dev.json --out benchmarks/serve-overhead $(if $(BEST_NUMERICS),--best-numerics $(BEST_NUMERICS))
 
 # Overload at 2×/4×/8× capacity, a replica killed under load, and fuzzing, against the served MiniLM
 # (~6 minutes; nothing else may run meanwhile). Results in benchmarks/chaos, quoted in BENCHMARKS.md.

@@ -170,13 +170,14 @@ async def shadow_cost(url: str, bodies, rounds: int, per_round: int, fraction: f
                         latencies.append(1000 * (time.perf_counter() - started))
                 p50s[name].append(percentile(latencies, 0.5))
         metrics = (await client.get(f"{url}/metrics")).text
-    compared = [line for line in metrics.splitlines() if line.startswith("blockserve_shadow") and "_count" in line]
+    compared = [line for line in metrics.splitlines()
+                if line.startswith(("blockserve_shadow_agreement_count", "blockserve_shadow_dropped_total"))]  # fmt: skip
     plain, shadowed = sorted(p50s["plain"]), sorted(p50s["shadowed"])
     difference = round(shadowed[len(shadowed) // 2] - plain[len(plain) // 2], 2)
     noise = round(plain[-1] - plain[0], 2)
     return {"rounds": rounds, "requests_per_round": per_round, "fraction": fraction, "p50_ms_per_round": p50s,
             "median_p50_difference_ms": difference, "plain_round_spread_ms": noise,
-            "within_noise": abs(difference) <= noise, "shadow_metric_lines": compared[:6]}  # fmt: skip
+            "within_noise": abs(difference) <= noise, "shadow_metric_lines": compared[:8]}  # fmt: skip
 
 
 async def killed_replica(url: str, bodies, concurrency: int, seconds: float, kill_after_s: float) -> dict:

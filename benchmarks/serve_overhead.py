@@ -14,7 +14,10 @@ One run, one machine, nothing else running:
    both running (the machine's speed drifts more between minutes than the few ms being compared).
 Reports client p50/p99 and throughput per concurrency, the overhead on top of the model (client p50 −
 server-side request time, server-side − inference), the HTTP pruned/dense ratio against the bench one,
-and the largest throughput each server sustains with p99 under `--slo-ms`. Writes JSON, Markdown, a plot.
+and the largest throughput each server sustains with p99 under `--slo-ms`. With `--best-numerics
+onnx:int8` (what `blockserve tune` chose on a CPU without AMX) the pruned checkpoint is also served in
+those numerics as `pruned-best`, and each variant's dev F1 is scored on what it answers over HTTP.
+Writes JSON, Markdown, a plot.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from pruning.runtime.candidates import torch_forward  # noqa: E402
 from pruning.runtime.numerics import dtype_name, reported_cpu_flags, resolve_dtype  # noqa: E402
 from pruning.runtime.timing import time_interleaved  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
+from pruning.tasks.squad_metrics import squad_scores  # noqa: E402
 from service.config import LimitsConfig  # noqa: E402
 from service.qa_engine import QAEngine, QAInput  # noqa: E402
 
@@ -119,12 +123,21 @@ def bench_in_process(dense_dir: str, pruned_dir: str, questions: list[QAInput], 
             "ratio": round(per_request["dense"] / per_request["pruned"], 3)}  # fmt: skip
 
 
-def blockserve_config(dense: str, pruned: str, dtype: str, threads: int, port: int, max_batch: int) -> dict:
+def blockserve_config(
+    dense: str, pruned: str, dtype: str, threads: int, port: int, max_batch: int, best: str | None = None
+) -> dict:
+    """Both variants in `dtype`; with `best` ("runtime:dtype") the pruned checkpoint also as `pruned-best`."""
     variant = {
         "runtime": "torch", "device": "cpu", "dtype": dtype, "num_cpus": 1, "threads": threads,
         "max_ongoing_requests": 64, "max_queued_requests": 256,
         "batching": {"max_batch_size": max_batch, "max_wait_ms": 0, "max_batch_tokens": 384 * max_batch},
     }  # fmt: skip
+    variants = {"dense": {"checkpoint": dense, **variant}, "pruned": {"checkpoint": pruned, **variant}}
+    if best:
+        runtime, best_dtype = best.split(":")
+        variants["pruned-best"] = {"checkpoint": pruned, **variant, "runtime": runtime, "dtype": best_dtype}
+    for settings in variants.values():  # Ray schedules by num_cpus (colocated: their sum): fit 2 CPUs
+        settings["num_cpus"] = int(200 / len(variants)) / 100
     return {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -132,7 +145,7 @@ def blockserve_config(dense: str, pruned: str, dtype: str, threads: int, port: i
             "name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app",
             "args": {"qa": {
                 "default_variant": "pruned",
-                "variants": {"dense": {"checkpoint": dense, **variant}, "pruned": {"checkpoint": pruned, **variant}},
+                "variants": variants,
                 "limits": {**LIMITS, "request_timeout_s": 60},
             }},
         }],
@@ -180,6 +193,22 @@ def interleaved_c1(blockserve_url: str, naive_url: str, bodies, rounds: int, rou
             "difference_range_ms": [round(differences[0], 2), round(differences[-1], 2)]}  # fmt: skip
 
 
+async def served_f1(url: str, variant: str, examples, concurrency: int = 8) -> float:
+    """SQuAD F1 of what `variant` answers over HTTP: the engine and numerics actually served."""
+    semaphore = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=120) as client:
+
+        async def ask(example) -> tuple[str, str]:
+            async with semaphore:
+                body = {"question": example.question, "context": example.context, "variant": variant}
+                reply = await client.post(f"{url}/v1/qa", json=body)
+                reply.raise_for_status()
+                return example.id, reply.json()["answer"]
+
+        answers = dict(await asyncio.gather(*(ask(example) for example in examples)))
+    return round(squad_scores(answers, {e.id: list(e.answer_texts) for e in examples})["f1"], 2)
+
+
 def best_under_slo(rows: list[dict], slo_ms: float) -> dict | None:
     passing = [row for row in rows if row["p99_ms"] <= slo_ms and not row["errors"]]
     return max(passing, key=lambda row: row["throughput_rps"], default=None)
@@ -210,6 +239,11 @@ def main() -> None:
         help="ways to run Ray Serve: "
         + "; ".join(f"{name}: {mode.label.strip() or 'as shipped'}" for name, mode in MODES.items()),
     )
+    parser.add_argument(
+        "--best-numerics", default=None, metavar="RUNTIME:DTYPE",
+        help="also serve the pruned checkpoint so (e.g. onnx:int8) as `pruned-best`, scored for dev F1 over HTTP",
+    )  # fmt: skip
+    parser.add_argument("--f1-questions", type=int, default=None, help="dev questions for served F1 (default all)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -225,6 +259,8 @@ def main() -> None:
 
     rows: list[dict] = []
     interleaved: dict[str, dict] = {}
+    served_scores: dict[str, float] = {}
+    variants = ("dense", "pruned", "pruned-best") if args.best_numerics else ("dense", "pruned")
     for name in args.modes:
         mode = MODES[name]
         # Ray Serve reads these from the environment of the processes Ray starts (after ray.init); with
@@ -236,14 +272,16 @@ def main() -> None:
         server = f"blockserve {dtype_name(served_dtype)}{mode.label}"
         with tempfile.TemporaryDirectory() as scratch:
             config = Path(scratch) / "serve.yaml"
-            document = blockserve_config(args.dense, args.pruned, args.dtype, args.threads, args.port, args.max_batch)
+            document = blockserve_config(
+                args.dense, args.pruned, args.dtype, args.threads, args.port, args.max_batch, args.best_numerics
+            )
             document["applications"][0]["args"].update(colocate=mode.colocate,
                                                        http_front="haproxy" if mode.haproxy else "ray-proxy")  # fmt: skip
             config.write_text(yaml.safe_dump(document))
             with served(config) as url:
                 wait_ready(url, 300)
                 for concurrency in args.levels:
-                    for variant in ("dense", "pruned"):
+                    for variant in variants:
                         row = asyncio.run(drive(url, variant, bodies, concurrency, args.duration))
                         rows.append({**row, "server": server})
                 if args.interleave_rounds:
@@ -253,6 +291,10 @@ def main() -> None:
                             url, naive_url, bodies, args.interleave_rounds, args.round_s
                         )
                     log.info("interleaved c=1 against naive %s: %s", naive_dtype, interleaved[server])
+                if args.best_numerics and not served_scores:  # the answers do not depend on the HTTP front
+                    dev = read_squad(Path(args.data))[: args.f1_questions]
+                    served_scores = {v: asyncio.run(served_f1(url, v, dev)) for v in variants}
+                    log.info("served dev F1 (%d questions): %s", len(dev), served_scores)
     for dtype in dict.fromkeys(["float32", dtype_name(served_dtype)]):
         rows += run_naive(args.dense, dtype, args.port + 1, bodies, args.levels, args.duration)
 
@@ -271,7 +313,8 @@ def main() -> None:
     for server in dict.fromkeys(r["server"] for r in rows if r["server"].startswith("blockserve")):
         dense, pruned = row_of(server, "dense", 1), row_of(server, "pruned", 1)
         http_ratio = dense["p50_ms"] / pruned["p50_ms"]
-        whole_path = best(server, "pruned")
+        whole_path = max((b for v in variants[1:] if (b := best(server, v))), key=lambda b: b["throughput_rps"],
+                         default=None)  # fmt: skip
         summary[server] = {
             "c1_dense_p50_minus_naive_ms": round(dense["p50_ms"] - naive_same["p50_ms"], 2),
             "c1_dense_minus_naive_interleaved_ms": interleaved[server]["median_difference_ms"]
@@ -286,7 +329,8 @@ def main() -> None:
                                             / row_of(f"naive {dtype_name(served_dtype)}", "dense", 16)["throughput_rps"], 3)
             if 16 in args.levels else None,
             "max_rps_under_slo": {v: (b["throughput_rps"], b["concurrency"]) if (b := best(server, v)) else None
-                                  for v in ("dense", "pruned")},
+                                  for v in variants},
+            "whole_path_variant": whole_path["variant"] if whole_path else None,
             "whole_path_gain_vs_naive_fp32": round(whole_path["throughput_rps"] / naive_fp32["throughput_rps"], 2)
             if whole_path and naive_fp32 else None,
         }  # fmt: skip
@@ -297,7 +341,7 @@ def main() -> None:
         "dense": args.dense, "pruned": args.pruned, "questions": len(bodies), "threads": args.threads,
         "served_dtype": dtype_name(served_dtype), "cpu_flags": flags, "bench": bench, "summary": summary,
         "pruned_evaluation": evaluation.model_dump() if evaluation else None, "rows": rows,
-        "interleaved_c1": interleaved,
+        "interleaved_c1": interleaved, "best_numerics": args.best_numerics, "served_dev_f1": served_scores,
     }  # fmt: skip
     (out / "serve-overhead.json").write_text(json.dumps(result, indent=1))
     lines = ["| server | variant | c | p50 ms | p99 ms | req/s | server p50 | inference p50 | errors |",
@@ -305,6 +349,9 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['server']} | {r['variant']} | {r['concurrency']} | {r['p50_ms']} | {r['p99_ms']} | "
                      f"{r['throughput_rps']} | {r['server_p50_ms']} | {r['inference_p50_ms']} | {r['errors']} |")  # fmt: skip
+    if served_scores:
+        lines += ["", "served dev F1 (scored on the answers over HTTP): "
+                  + ", ".join(f"{v} {f1}" for v, f1 in served_scores.items())]  # fmt: skip
     lines += ["", "```json", json.dumps({"bench": bench, **summary}, indent=1), "```"]
     (out / "serve-overhead.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

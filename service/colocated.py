@@ -10,6 +10,7 @@ per-variant scaling: colocated variants scale with the ingress's replicas.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from typing import Any
 
 from pruning.core.task_registry import route_entry
@@ -23,17 +24,20 @@ class _LocalMethod:
 
     def remote(self, *args, **kwargs):
         async def call():
-            return self._method(*args, **kwargs)
+            result = self._method(*args, **kwargs)
+            return await result if inspect.isawaitable(result) else result
 
         return call()
 
 
 class LocalHandle:
-    """`handle.remote(payload)` → an awaitable, cancellable task; `handle.info.remote(...)` → awaitable."""
+    """`handle.remote(payload)` → an awaitable, cancellable task; `handle.info.remote(...)` and
+    `handle.shadow.remote(payload)` → awaitables."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
         self.info = _LocalMethod(server.info)
+        self.shadow = _LocalMethod(server.shadow)
 
     def remote(self, payload: Any) -> asyncio.Task:
         return asyncio.ensure_future(self.server(payload))

@@ -28,7 +28,7 @@ from service.config import BatchingConfig, GenerationConfig, LimitsConfig, Varia
 from service.errors import InputTooLong, SettingsTooHigh
 from service.metrics import BatchObservation
 from service.metrics_buffer import BufferedMetrics
-from service.model_thread import model_thread
+from service.model_thread import idle_thread, model_thread
 from service.qa_engine import EncodedQA, QAEngine, QAInput
 from service.schemas import VariantInfo
 from service.summarize_engine import EncodedSummary, SummarizeEngine, SummaryInput
@@ -81,6 +81,7 @@ class _ModelServer:
         # Colocated variants (`service.colocated`) share their process's one model thread.
         self._model_thread = model_executor or model_thread(self.threads, f"model-{variant_name}", self.variant.nice)
         self._model_thread.submit(self._load).result()
+        self._idle_lane: Executor | None = None  # shadow work, started with the first (`shadow`)
         self.batching = BatchingConfig()
         self.batcher = Batcher(self._run_batch, self.batching.policy(self.limits.request_timeout_s))
         self.collector = _metrics_collector()
@@ -159,6 +160,21 @@ class _ModelServer:
                 retry_after_s=refused.retry_after_s,
                 admit_again_in_s=refused.admit_again_in_s,
             )
+
+    async def shadow(self, payload: Any) -> Outcome:
+        """`__call__`'s answer, for a shadow comparison: on a lane of its own at the lowest CPU priority
+        (`service.model_thread.idle_thread`), not batched and not counted by admission, so it takes no
+        request's place in line and only CPU time nothing else wants; the ingress caps shadows in flight.
+        (ONNX variants: ONNX Runtime's own pool threads keep their normal priority.)"""
+        try:
+            prepared, _ = self.prepare(payload)
+        except (InputTooLong, SettingsTooHigh) as error:
+            return Outcome(422, error=str(error))
+        if self._idle_lane is None:
+            self._idle_lane = idle_thread(f"shadow-{self.variant_name}")
+        started = time.perf_counter()
+        [result] = await asyncio.get_running_loop().run_in_executor(self._idle_lane, self.infer, [prepared])
+        return Outcome(200, result=result, model_seconds=time.perf_counter() - started)
 
     def infer(self, payloads: list) -> list:
         raise NotImplementedError

@@ -226,12 +226,15 @@ class Ingress:
 
     async def _shadow(self, route: str, name: str, against: str, payload: Any, primary: Outcome) -> None:
         try:
-            reference = await self.servers[route][against].remote(payload)
+            # The reference's idle lane: never in line before a request, never on CPU a request wants.
+            reference = await self.servers[route][against].shadow.remote(payload)
             if reference.status != 200:
                 self.collector.drop_shadow.remote(route, name, "reference_refused")
                 return
             scores = COMPARE[route](payload, primary.result, reference.result)
             self.collector.observe_shadow.remote(route, name, against, scores)
+        except BackPressureError:
+            self.collector.drop_shadow.remote(route, name, "reference_refused")
         except Exception:  # noqa: BLE001 - a shadow must never surface: count it and move on
             self.collector.drop_shadow.remote(route, name, "error")
         finally:

@@ -11,6 +11,9 @@ parallel op keeps its own OpenMP team, and two teams in one process cost every f
 
 `nice` lets the HTTP path (event loop, proxy) take the CPU first where it shares cores with the model:
 under overload, refusals then wait for the model's threads no longer (issue 17's 503 latency).
+
+`idle_thread` is the other lane: work no request waits for (shadow comparisons) runs there, on one
+intra-op thread (no second OpenMP team) that the kernel schedules only when a CPU would otherwise idle.
 """
 
 from __future__ import annotations
@@ -37,5 +40,35 @@ def model_thread(threads: int, name: str, nice: int = 0) -> ThreadPoolExecutor:
             tid = threading.get_native_id()
             os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
         torch.set_num_threads(threads)
+
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=configure)
+
+
+def lowest_priority() -> str:
+    """Put the calling thread below every normal thread: Linux's SCHED_IDLE (it runs only on a CPU nothing
+    else wants, and is preempted at once), else the weakest nice; returns which it got."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+        return "idle"
+    except (AttributeError, OSError):  # not Linux, or a kernel without it
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+        return "nice 19"
+    except (AttributeError, OSError):
+        return "normal"
+
+
+def idle_thread(name: str) -> ThreadPoolExecutor:
+    """A single-worker executor for work that must never delay a request: its thread runs torch on one
+    intra-op thread at `lowest_priority` (on CPUs; GPU kernels it launches share the device's queues)."""
+
+    def configure() -> None:
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
+        import torch
+
+        lowest_priority()
+        torch.set_num_threads(1)
 
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=configure)

@@ -4,9 +4,11 @@ A sampled share of a variant's requests is run again on the reference variant *a
 been sent, and the two answers are compared: QA by exact span match and token F1 of the answer texts,
 summarization by ROUGE-L F1 of the summaries. Agreement goes to Prometheus
 (`blockserve_shadow_agreement{task,variant,against,metric}`, a histogram of per-request scores in
-[0, 1]: agreement = rate(_sum) / rate(_count)). Shadow work never delays an answer, and it is dropped
-first under load: when the variant's in-flight shadow requests are at their cap, or when the reference
-refuses (admission, queue full), the sample is dropped and counted as such.
+[0, 1]: agreement = rate(_sum) / rate(_count)). Shadow work never delays an answer: the reference runs it
+on its idle lane (`_ModelServer.shadow`: a thread at the lowest CPU priority, outside the batch queue),
+so it uses only CPU no request wants. It is dropped first under load: when the variant's in-flight shadow
+requests are at their cap, or when the reference refuses (its replica's queue full), the sample is dropped
+and counted as such.
 """
 
 from __future__ import annotations

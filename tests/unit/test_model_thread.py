@@ -109,3 +109,62 @@ class _NoMetrics:
 class _Remote:
     def remote(self, *args, **kwargs) -> None:
         return None
+
+
+def test_the_idle_lane_runs_below_every_normal_thread_on_one_intra_op_thread():
+    probe = textwrap.dedent(
+        """
+        import os, threading
+        import torch
+        from service.model_thread import idle_thread
+
+        def state():
+            tid = threading.get_native_id()
+            policy = os.sched_getscheduler(tid) if hasattr(os, "sched_getscheduler") else None
+            torch.ones(2048, 2048).add_(1)  # would start an OpenMP team if the lane had more than one thread
+            return policy, torch.get_num_threads(), len(os.listdir("/proc/self/task"))
+
+        before = len(os.listdir("/proc/self/task"))
+        policy, threads, after = idle_thread("shadow").submit(state).result()
+        print(policy == getattr(os, "SCHED_IDLE", -1), threads, after - before)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    idle, threads, started = done.stdout.split()
+    assert idle == "True"  # Linux: SCHED_IDLE, preempted by any normal thread
+    assert int(threads) == 1
+    assert int(started) == 1  # the lane's own thread and no OpenMP workers beside it
+
+
+def test_a_shadow_runs_on_the_idle_lane_outside_the_batch_queue(dense_bert_dir, monkeypatch):
+    import asyncio
+    import threading
+
+    import service.deployments as deployments
+    from service.qa_engine import QAInput
+
+    lanes: list[str] = []
+    real_answer = deployments.QAEngine.answer_encoded
+
+    def answer(self, payloads):
+        lanes.append(threading.current_thread().name)
+        return real_answer(self, payloads)
+
+    monkeypatch.setattr(deployments.QAEngine, "answer_encoded", answer)
+    monkeypatch.setattr(deployments, "_metrics_collector", lambda: _NoMetrics())
+    variant = {"checkpoint": str(dense_bert_dir), "device": "cpu", "threads": 1}
+    limits = {"window_tokens": 64, "window_stride": 32, "max_question_tokens": 16, "max_input_tokens": 512}
+    server = deployments.QAServer.func_or_class("dense", variant, limits, {})
+    question = QAInput("What is served?", "Pruned models are served here.")
+    lanes.clear()  # warm-up ran on the model thread
+
+    async def both():
+        return await server.shadow(question), await server(question)
+
+    shadowed, served = asyncio.run(both())
+    assert shadowed.status == served.status == 200
+    assert [(s.start, s.end) for s in shadowed.result] == [(s.start, s.end) for s in served.result]
+    assert lanes == ["shadow-dense_0", "model-dense_0"]
+    assert server.batcher.batches == 1  # the shadow took no place in the queue
