@@ -37,7 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loadtests.client import Target, arrivals, closed_loop, send  # noqa: E402
+from loadtests.client import Target, arrivals, closed_loop, send, settle_collector  # noqa: E402
 from loadtests.launch import served  # noqa: E402
 from pruning.runtime.numerics import reported_cpu_flags  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
@@ -105,6 +105,7 @@ async def _open_loop_aiohttp(url: str, bodies, rate: float, seconds: float, time
 
     schedule = arrivals(rate, seconds, seed=7)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
+    settle_collector()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         start = time.perf_counter()
 

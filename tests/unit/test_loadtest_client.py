@@ -172,3 +172,22 @@ def test_open_loop_records_requests_unanswered_after_the_drain(url):
     assert {r.status for r in records} == {NO_RESPONSE}
     assert {r.error for r in records} == {"no answer within 0.05 s after the window"}
     assert all(r.done_s < 1.0 for r in records)
+
+
+def test_a_timed_window_starts_with_the_live_objects_frozen_out_of_collection(url, monkeypatch):
+    """The generator's own full collections (230 ms with torch imported) must not land in a window."""
+    import gc
+
+    import loadtests.client as client_module
+
+    settled = []
+    monkeypatch.setattr(client_module, "settle_collector", lambda: settled.append(gc.get_freeze_count()))
+    _closed(url, "pruned", 1, 0.0, min_requests=1)
+    _open(url, "pruned", 50, 0.05)
+    assert len(settled) == 2  # once per loop, before its clock starts
+
+    gc.unfreeze()
+    before = gc.get_freeze_count()
+    monkeypatch.undo()
+    client_module.settle_collector()
+    assert gc.get_freeze_count() > before  # what was alive is no longer scanned by later collections
