@@ -107,7 +107,7 @@ def render_rayservice(serve_config: str | Path, cluster: ClusterSpec = DEFAULT_C
     worker = _container(cluster, "ray-worker", cluster.worker_cpus, cluster.worker_memory, cluster.gpus_per_worker)
     worker["ports"] = [{"containerPort": SERVE_PORT, "name": "serve"}]
     for container in (head, worker) if environment else ():
-        container["env"] = environment
+        container["env"] = [dict(variable) for variable in environment]  # own copies: no YAML anchors
     # Ready once this node's Serve proxy answers; Serve's own health route, not the app's.
     worker["readinessProbe"] = {
         "httpGet": {"path": "/-/healthz", "port": SERVE_PORT},

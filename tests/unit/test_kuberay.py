@@ -147,26 +147,31 @@ def test_haproxy_front_reaches_every_ray_container_and_a_local_ray(tmp_path, mon
     wanted = [
         {"name": "RAY_SERVE_THROUGHPUT_OPTIMIZED", "value": "1"},
         {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"},
+        {"name": "RAY_worker_niceness", "value": "0"},
     ]
     assert all(container["env"] == wanted for container in containers)
     if CRD.is_file():
         jsonschema.validate(manifest, _crd_schema())
-    assert (
-        "env"
-        not in render_rayservice(SERVE_GPU)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"][
-            "containers"
-        ][0]
-    )
+    head = render_rayservice(SERVE_GPU)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["env"] == [{"name": "RAY_worker_niceness", "value": "0"}]  # serving on a par
+    document["applications"][0]["args"].update(http_front="ray-proxy", ray_worker_niceness=None)
+    path.write_text(yaml.safe_dump(document))
+    head = render_rayservice(path)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert "env" not in head["containers"][0]  # Ray's own defaults: nothing to set
+    document["applications"][0]["args"]["http_front"] = "haproxy"
+    path.write_text(yaml.safe_dump(document))
 
     # `blockserve serve` starting Ray here: the variables are set for the processes it starts; the user's win.
     from service.app import prepare_ray_environment
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    monkeypatch.delenv("RAY_worker_niceness", raising=False)
     monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
     prepare_ray_environment(read_serve_config(path)[1])
     import os
 
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
+    assert "RAY_worker_niceness" not in os.environ  # this config asked for Ray's own
     with pytest.raises(ValidationError, match="http_front"):
         AppConfig.model_validate({**document["applications"][0]["args"], "http_front": "nginx"})
