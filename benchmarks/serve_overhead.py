@@ -55,6 +55,7 @@ from service.config import LimitsConfig  # noqa: E402
 from service.qa_engine import QAEngine, QAInput  # noqa: E402
 
 log = logging.getLogger("serve-overhead")
+BEST = "pruned-best"  # the variant serving the pruned checkpoint in `--best-numerics`
 LIMITS = {"window_tokens": 384, "window_stride": 128, "max_question_tokens": 64, "max_input_tokens": 4096}
 
 
@@ -135,7 +136,7 @@ def blockserve_config(
     variants = {"dense": {"checkpoint": dense, **variant}, "pruned": {"checkpoint": pruned, **variant}}
     if best:
         runtime, best_dtype = best.split(":")
-        variants["pruned-best"] = {"checkpoint": pruned, **variant, "runtime": runtime, "dtype": best_dtype}
+        variants[BEST] = {"checkpoint": pruned, **variant, "runtime": runtime, "dtype": best_dtype}
     for settings in variants.values():  # Ray schedules by num_cpus (colocated: their sum): fit 2 CPUs
         settings["num_cpus"] = int(200 / len(variants)) / 100
     return {
@@ -260,7 +261,7 @@ def main() -> None:
     rows: list[dict] = []
     interleaved: dict[str, dict] = {}
     served_scores: dict[str, float] = {}
-    variants = ("dense", "pruned", "pruned-best") if args.best_numerics else ("dense", "pruned")
+    variants = ("dense", "pruned", BEST) if args.best_numerics else ("dense", "pruned")
     for name in args.modes:
         mode = MODES[name]
         # Ray Serve reads these from the environment of the processes Ray starts (after ray.init); with

@@ -142,14 +142,21 @@ class _ModelServer:
             return self.variant.dtype
         return dtype_name(next(self.checkpoint.model.parameters()).dtype)
 
-    async def __call__(self, payload: Any) -> Outcome:
+    def _prepared(self, payload: Any) -> tuple[Any, int] | Outcome:
+        """`prepare`'s (encoding, tokens), or the 413/422 outcome of a request over the limits."""
         try:
-            prepared, tokens = self.prepare(payload)
+            return self.prepare(payload)
         except InputTooLong as error:
             self.collector.reject.remote(self.task, self.variant_name, "too_long")
             return Outcome(413, error=str(error))
         except SettingsTooHigh as error:
             return Outcome(422, error=str(error))
+
+    async def __call__(self, payload: Any) -> Outcome:
+        prepared = self._prepared(payload)
+        if isinstance(prepared, Outcome):
+            return prepared
+        prepared, tokens = prepared
         try:
             return await self.batcher.submit(prepared, tokens)
         except Overloaded as refused:
@@ -166,14 +173,13 @@ class _ModelServer:
         (`service.model_thread.idle_thread`), not batched and not counted by admission, so it takes no
         request's place in line and only CPU time nothing else wants; the ingress caps shadows in flight.
         (ONNX variants: ONNX Runtime's own pool threads keep their normal priority.)"""
-        try:
-            prepared, _ = self.prepare(payload)
-        except (InputTooLong, SettingsTooHigh) as error:
-            return Outcome(422, error=str(error))
+        prepared = self._prepared(payload)
+        if isinstance(prepared, Outcome):
+            return prepared
         if self._idle_lane is None:
             self._idle_lane = idle_thread(f"shadow-{self.variant_name}")
         started = time.perf_counter()
-        [result] = await asyncio.get_running_loop().run_in_executor(self._idle_lane, self.infer, [prepared])
+        [result] = await asyncio.get_running_loop().run_in_executor(self._idle_lane, self.infer, [prepared[0]])
         return Outcome(200, result=result, model_seconds=time.perf_counter() - started)
 
     def infer(self, payloads: list) -> list:

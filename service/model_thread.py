@@ -18,8 +18,10 @@ intra-op thread (no second OpenMP team) that the kernel schedules only when a CP
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 # oneDNN (torch's bf16/fp32 CPU matmuls) keeps 1024 kernels by default, one per shape; a pruned model has
@@ -28,47 +30,44 @@ from concurrent.futures import ThreadPoolExecutor
 PRIMITIVE_CACHE_CAPACITY = "16384"
 
 
-def model_thread(threads: int, name: str, nice: int = 0) -> ThreadPoolExecutor:
-    """A single-worker executor whose thread runs torch's intra-op work on `threads` threads, `nice` steps
-    below the process's priority (Linux: per thread; the OpenMP workers it starts inherit it)."""
+def _torch_thread(name: str, threads: int, lower_priority: Callable[[int], None]) -> ThreadPoolExecutor:
+    """A single-worker executor whose thread, before its first task, lowers its own priority (given its
+    native id) and sets the intra-op thread count it runs torch with."""
 
     def configure() -> None:
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
         import torch
 
-        if nice:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        lower_priority(threading.get_native_id())
         torch.set_num_threads(threads)
 
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=configure)
 
 
-def lowest_priority() -> str:
-    """Put the calling thread below every normal thread: Linux's SCHED_IDLE (it runs only on a CPU nothing
-    else wants, and is preempted at once), else the weakest nice; returns which it got."""
-    tid = threading.get_native_id()
+def model_thread(threads: int, name: str, nice: int = 0) -> ThreadPoolExecutor:
+    """The model's executor: torch's intra-op work on `threads` threads, `nice` steps below the process's
+    priority (Linux: per thread; the OpenMP workers it starts inherit it)."""
+
+    def lower(tid: int) -> None:
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+
+    return _torch_thread(name, threads, lower)
+
+
+def lowest_priority(tid: int) -> None:
+    """Put thread `tid` below every normal thread: Linux's SCHED_IDLE (it runs only on a CPU nothing else
+    wants, and is preempted at once), else the weakest nice, else leave it."""
     try:
         os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
-        return "idle"
+        return
     except (AttributeError, OSError):  # not Linux, or a kernel without it
         pass
-    try:
+    with contextlib.suppress(AttributeError, OSError):
         os.setpriority(os.PRIO_PROCESS, tid, 19)
-        return "nice 19"
-    except (AttributeError, OSError):
-        return "normal"
 
 
 def idle_thread(name: str) -> ThreadPoolExecutor:
-    """A single-worker executor for work that must never delay a request: its thread runs torch on one
-    intra-op thread at `lowest_priority` (on CPUs; GPU kernels it launches share the device's queues)."""
-
-    def configure() -> None:
-        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", PRIMITIVE_CACHE_CAPACITY)
-        import torch
-
-        lowest_priority()
-        torch.set_num_threads(1)
-
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=configure)
+    """An executor for work that must never delay a request: one intra-op thread (no second OpenMP team)
+    at `lowest_priority` (on CPUs; GPU kernels it launches share the device's queues)."""
+    return _torch_thread(name, 1, lowest_priority)
