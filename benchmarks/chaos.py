@@ -41,6 +41,7 @@ from loadtests.client import Target, arrivals, closed_loop, send, settle_collect
 from loadtests.launch import served  # noqa: E402
 from pruning.runtime.numerics import reported_cpu_flags  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
+from service.config import AppConfig  # noqa: E402
 
 log = logging.getLogger("chaos")
 LIMITS = {"window_tokens": 384, "window_stride": 128, "max_question_tokens": 64, "max_input_tokens": 4096,
@@ -56,10 +57,14 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, port: int, shadow: float = 0.0,
-           colocate: bool = False, http_front: str = "ray-proxy", nice: int = 0) -> dict:  # fmt: skip
+           topology: dict | None = None, nice: int | None = None) -> dict:  # fmt: skip
+    """One QA application; `topology` (colocate, http_front) and `nice` override the service's defaults only
+    where given, so a run without them measures what a user gets."""
     variant = {"checkpoint": model, "device": "cpu", "dtype": "auto", "replicas": replicas, "num_cpus": 1,
-               "threads": threads, "nice": nice, "max_ongoing_requests": 256, "max_queued_requests": 64,
+               "threads": threads, "max_ongoing_requests": 256, "max_queued_requests": 64,
                "batching": {"max_batch_size": 8, "max_batch_tokens": 3072, "max_queue_wait_s": max_queue_wait_s}}  # fmt: skip
+    if nice is not None:
+        variant["nice"] = nice
     variants = {"dense": variant}
     if shadow:  # three replicas on two CPUs: Ray schedules by num_cpus, threads stay as set
         variant["num_cpus"] = 0.5
@@ -69,8 +74,8 @@ def config(model: str, replicas: int, threads: int, max_queue_wait_s: float, por
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app",
-                          "args": {"colocate": colocate, "http_front": http_front, "qa": {"default_variant": "dense", "variants": variants,
-                                                                "limits": LIMITS}}}],
+                          "args": {**(topology or {}), "qa": {"default_variant": "dense", "variants": variants,
+                                                              "limits": LIMITS}}}],
     }  # fmt: skip
 
 
@@ -256,10 +261,15 @@ def main() -> None:
     # which must keep answering 503s while the model is saturated. With 2, 8× overload starved it.
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--port", type=int, default=8124)
-    parser.add_argument("--nice", type=int, default=0, help="the variants' `nice`: model threads yield the CPU")
-    parser.add_argument("--colocate", action="store_true", help="overload and fuzzing with the model in the ingress")
-    parser.add_argument("--http-front", default="ray-proxy", choices=["ray-proxy", "haproxy"],
-                        help="overload and fuzzing behind this HTTP front")  # fmt: skip
+    parser.add_argument("--nice", type=int, default=None, help="the variants' `nice` (default: the service's)")
+    parser.add_argument(
+        "--colocate",
+        default=None,
+        choices=["auto", "true", "false"],
+        help="overload and fuzzing with the model in the ingress or not (default: the service's)",
+    )
+    parser.add_argument("--http-front", default=None, choices=["ray-proxy", "haproxy"],
+                        help="overload and fuzzing behind this HTTP front (default: the service's)")  # fmt: skip
     parser.add_argument("--phases", nargs="+", default=PHASES, choices=PHASES)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -268,8 +278,16 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     bodies = [{"question": e.question, "context": e.context} for e in read_squad(Path(args.data))[:64]]
-    result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait, "colocate": args.colocate,
-                    "http_front": args.http_front, "nice": args.nice}  # fmt: skip
+    topology = {"colocate": {"true": True, "false": False}.get(args.colocate, args.colocate),
+                "http_front": args.http_front}  # fmt: skip
+    topology = {key: value for key, value in topology.items() if value is not None}
+    overload_config = config(
+        args.model, 1, args.threads, args.max_queue_wait, args.port, topology=topology, nice=args.nice
+    )
+    resolved = AppConfig.model_validate(overload_config["applications"][0]["args"])
+    result: dict = {"model": args.model, "max_queue_wait_s": args.max_queue_wait, "colocate": resolved.colocate,
+                    "http_front": resolved.http_front, "nice": resolved.qa.variants["dense"].nice,
+                    "topology_overrides": topology}  # fmt: skip
     result["cpu_flags"] = reported_cpu_flags()
 
     def save() -> None:  # after every phase: a run cut short keeps what it measured
@@ -277,20 +295,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "one.yaml"
-        path.write_text(
-            yaml.safe_dump(
-                config(
-                    args.model,
-                    1,
-                    args.threads,
-                    args.max_queue_wait,
-                    args.port,
-                    colocate=args.colocate,
-                    http_front=args.http_front,
-                    nice=args.nice,
-                )
-            )
-        )
+        path.write_text(yaml.safe_dump(overload_config))
         with served(path) as url:
             rps = asyncio.run(capacity(url, bodies, args.capacity_concurrency, args.seconds))
             result["capacity_rps"] = round(rps, 2)

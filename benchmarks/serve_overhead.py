@@ -51,7 +51,7 @@ from pruning.runtime.numerics import dtype_name, reported_cpu_flags, resolve_dty
 from pruning.runtime.timing import time_interleaved  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
 from pruning.tasks.squad_metrics import squad_scores  # noqa: E402
-from service.config import LimitsConfig  # noqa: E402
+from service.config import AppConfig, LimitsConfig  # noqa: E402
 from service.qa_engine import QAEngine, QAInput  # noqa: E402
 
 log = logging.getLogger("serve-overhead")
@@ -62,17 +62,24 @@ LIMITS = {"window_tokens": 384, "window_stride": 128, "max_question_tokens": 64,
 @dataclass(frozen=True)
 class Mode:
     label: str  # appended to the server's name in the results
-    colocate: bool = False  # the models in the ingress replica
+    colocate: bool | None = None  # the models in the ingress replica; None: the service's default
     throughput: bool = False  # RAY_SERVE_THROUGHPUT_OPTIMIZED=1: direct ingress, gRPC handles
-    haproxy: bool = False  # `http_front: haproxy`: HAProxy to the ingress replica's own HTTP server
+    http_front: str | None = None  # "haproxy" or "ray-proxy"; None: the service's default
+
+    def overrides(self) -> dict:
+        settings = {"colocate": self.colocate, "http_front": self.http_front}
+        return {key: value for key, value in settings.items() if value is not None}
 
 
 MODES = {
-    "default": Mode(""),
-    "throughput": Mode(" throughput-optimized", throughput=True),
-    "colocated": Mode(" colocated", colocate=True),
-    "colocated-throughput": Mode(" colocated throughput-optimized", colocate=True, throughput=True),
-    "colocated-haproxy": Mode(" colocated haproxy", colocate=True, haproxy=True),
+    "default": Mode(""),  # what `blockserve serve` does with this config
+    "deployments": Mode(" deployments ray-proxy", colocate=False, http_front="ray-proxy"),  # Ray Serve's own path
+    "throughput": Mode(" throughput-optimized", colocate=False, throughput=True, http_front="ray-proxy"),
+    "colocated": Mode(" colocated ray-proxy", colocate=True, http_front="ray-proxy"),
+    "colocated-throughput": Mode(
+        " colocated throughput-optimized", colocate=True, throughput=True, http_front="ray-proxy"
+    ),
+    "colocated-haproxy": Mode(" colocated haproxy", colocate=True, http_front="haproxy"),
 }
 
 
@@ -235,10 +242,10 @@ def main() -> None:
     parser.add_argument(
         "--modes",
         nargs="+",
-        default=["default", "colocated", "colocated-haproxy"],
+        default=["default", "deployments"],
         choices=list(MODES),
         help="ways to run Ray Serve: "
-        + "; ".join(f"{name}: {mode.label.strip() or 'as shipped'}" for name, mode in MODES.items()),
+        + "; ".join(f"{name}: {mode.label.strip() or 'the service defaults'}" for name, mode in MODES.items()),
     )
     parser.add_argument(
         "--best-numerics", default=None, metavar="RUNTIME:DTYPE",
@@ -261,6 +268,7 @@ def main() -> None:
     rows: list[dict] = []
     interleaved: dict[str, dict] = {}
     served_scores: dict[str, float] = {}
+    topologies: dict[str, str] = {}
     variants = ("dense", "pruned", BEST) if args.best_numerics else ("dense", "pruned")
     for name in args.modes:
         mode = MODES[name]
@@ -268,16 +276,18 @@ def main() -> None:
         # `http_front: haproxy` the service sets both itself (`service.app.prepare_ray_environment`).
         for variable in ("RAY_SERVE_THROUGHPUT_OPTIMIZED", "RAY_SERVE_ENABLE_HA_PROXY"):
             os.environ.pop(variable, None)
-        if mode.throughput and not mode.haproxy:
+        if mode.throughput:
             os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
-        server = f"blockserve {dtype_name(served_dtype)}{mode.label}"
         with tempfile.TemporaryDirectory() as scratch:
             config = Path(scratch) / "serve.yaml"
             document = blockserve_config(
                 args.dense, args.pruned, args.dtype, args.threads, args.port, args.max_batch, args.best_numerics
             )
-            document["applications"][0]["args"].update(colocate=mode.colocate,
-                                                       http_front="haproxy" if mode.haproxy else "ray-proxy")  # fmt: skip
+            document["applications"][0]["args"].update(mode.overrides())
+            topology = AppConfig.model_validate(document["applications"][0]["args"]).topology()
+            server = f"blockserve {dtype_name(served_dtype)}{mode.label or ' default'}"
+            topologies[server] = topology
+            log.info("%s: %s", server, topology)
             config.write_text(yaml.safe_dump(document))
             with served(config) as url:
                 wait_ready(url, 300)
@@ -317,6 +327,7 @@ def main() -> None:
         whole_path = max((b for v in variants[1:] if (b := best(server, v))), key=lambda b: b["throughput_rps"],
                          default=None)  # fmt: skip
         summary[server] = {
+            "topology": topologies[server],
             "c1_dense_p50_minus_naive_ms": round(dense["p50_ms"] - naive_same["p50_ms"], 2),
             "c1_dense_minus_naive_interleaved_ms": interleaved[server]["median_difference_ms"]
             if server in interleaved else None,

@@ -209,27 +209,8 @@ def real_questions(url: str, shown: int = 4, scored: int = 60) -> dict:
     return {"questions": scored, "skipped": skipped, "f1": scores}
 
 
-def run_demo(
-    root: Path, qa_model: str | None, sum_model: str | None, once: bool, port: int, repeats: int,
-    qa_method: str = "posttrain",
-) -> dict:  # fmt: skip
-    import ray
-    from ray import serve
-
-    from service.app import build_app
-
-    print("[1/3] model zoo")
-    zoo = build_zoo(root, qa_model, sum_model, qa_method=qa_method)
-    if any(zoo.random_weights.values()):
-        kinds = ", ".join(task for task, random in zoo.random_weights.items() if random)
-        print(f"    NOTE: {kinds} models have RANDOM weights: answers are meaningless, latencies are real.")
-
-    print("[2/3] starting Ray Serve on CPU (one replica per task and variant)")
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(demo_config(zoo)), name="blockserve", route_prefix="/")
-    url = f"http://127.0.0.1:{port}"
-
+def _query(url: str, zoo: Zoo, root: Path, repeats: int) -> dict:
+    """Step 3 of the demo: both variants of both tasks over HTTP, printed and written to demo-latency.json."""
     print(f"[3/3] requests, one at a time ({repeats} per variant after a warm-up)")
     (question, context), article = _examples()
     article = _fit(article, zoo.summarize["dense"], 1024)
@@ -258,14 +239,41 @@ def run_demo(
     (root / "demo-latency.json").write_text(json.dumps(document, indent=1))
     print(f"    wrote {root / 'demo-latency.json'}")
     print(f"\n    OpenAPI: {url}/docs   metrics: {url}/metrics   models: {url}/v1/models")
-    if once:
-        serve.shutdown()
-        ray.shutdown()
-        return summary
-    print("    serving until Ctrl-C")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        serve.shutdown()
     return summary
+
+
+def run_demo(
+    root: Path, qa_model: str | None, sum_model: str | None, once: bool, port: int, repeats: int,
+    qa_method: str = "posttrain",
+) -> dict:  # fmt: skip
+    import ray
+    from ray import serve
+
+    from service.app import environment_restored, run_service
+    from service.config import AppConfig
+
+    print("[1/3] model zoo")
+    zoo = build_zoo(root, qa_model, sum_model, qa_method=qa_method)
+    if any(zoo.random_weights.values()):
+        kinds = ", ".join(task for task, random in zoo.random_weights.items() if random)
+        print(f"    NOTE: {kinds} models have RANDOM weights: answers are meaningless, latencies are real.")
+
+    config = AppConfig.model_validate(demo_config(zoo))
+    print(f"[2/3] starting Ray Serve on CPU ({config.topology()})")
+    document = {"http_options": {"host": "127.0.0.1", "port": port},
+                "applications": [{"name": "blockserve", "route_prefix": "/", "import_path": "service.app:build_app"}]}  # fmt: skip
+    with environment_restored():  # `--once` in a process that starts Ray again (tests)
+        url = run_service(document, config, block=False, log_to_driver=False)
+
+        summary = _query(url, zoo, root, repeats)
+        if once:
+            serve.shutdown()
+            ray.shutdown()
+            return summary
+        print("    serving until Ctrl-C")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            serve.shutdown()
+        return summary

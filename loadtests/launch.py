@@ -41,7 +41,7 @@ def served(config: Path, port: int | None = None, ready_timeout_s: float = 600.0
     import ray
     from ray import serve
 
-    from service.app import read_serve_config, run_service
+    from service.app import environment_restored, read_serve_config, run_service
 
     document, app_config = read_serve_config(config)
     if port is not None:
@@ -49,13 +49,14 @@ def served(config: Path, port: int | None = None, ready_timeout_s: float = 600.0
     log.info("starting the service of %s (Ray Serve, models load in the replicas)", config)
     started = time.perf_counter()
     # A busy machine (the load generator shares it) can take longer than Ray's default 5 s to start the proxy.
-    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
-    try:
-        # Replicas' logs (one line per request) stay in Ray's log files instead of interleaving with progress.
-        url = run_service(document, app_config, block=False, log_to_driver=False)
-        wait_ready(url, ready_timeout_s)
-        log.info("service ready at %s after %.0f s", url, time.perf_counter() - started)
-        yield url
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with environment_restored():
+        os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+        try:
+            # Replicas' logs (one line per request) stay in Ray's log files instead of interleaving with progress.
+            url = run_service(document, app_config, block=False, log_to_driver=False)
+            wait_ready(url, ready_timeout_s)
+            log.info("service ready at %s after %.0f s", url, time.perf_counter() - started)
+            yield url
+        finally:
+            serve.shutdown()
+            ray.shutdown()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ def build_app(args: dict[str, Any]) -> Application:
     """Validate the config (errors name the field) and bind one deployment per (task, variant) behind the
     ingress — or, with `colocate`, only the ingress, which builds the model servers in its own process."""
     config = AppConfig.model_validate(args)
+    log.info("blockserve topology: %s", config.topology())
     servers = None if config.colocate else _model_deployments(config)
     # Apart from the models, the ingress only validates and routes: it reserves no CPU the model replicas
     # could use, and holds every request the models can take, so requests wait in the models' batch queues,
@@ -76,6 +79,21 @@ def read_serve_config(path: str | Path) -> tuple[dict[str, Any], AppConfig]:
         raise ConfigError(
             f"{path}: applications[{ours[0].get('name')}].args: {describe_validation_error(error)}"
         ) from None
+
+
+@contextmanager
+def environment_restored() -> Iterator[None]:
+    """The process environment as it was, after the block: `run_service` sets `http_front`'s variables for the
+    Ray it starts, and a process that starts Ray again (tests, benchmarks, `demo --once`) must start the next
+    one from that one's config, not from the last."""
+    import os
+
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def prepare_ray_environment(config: AppConfig) -> None:

@@ -13,6 +13,8 @@ import asyncio
 import inspect
 from typing import Any
 
+from ray.serve.exceptions import BackPressureError
+
 from pruning.core.task_registry import route_entry
 from service.config import AppConfig
 from service.model_thread import model_thread
@@ -32,15 +34,33 @@ class _LocalMethod:
 
 class LocalHandle:
     """`handle.remote(payload)` → an awaitable, cancellable task; `handle.info.remote(...)` and
-    `handle.shadow.remote(payload)` → awaitables."""
+    `handle.shadow.remote(payload)` → awaitables.
 
-    def __init__(self, server: Any) -> None:
+    A variant's `max_ongoing_requests` + `max_queued_requests` bound what it holds here as they do behind a
+    deployment handle (Ray raises `BackPressureError` past them): the same config refuses the same flood
+    whichever topology `colocate: auto` picked."""
+
+    def __init__(self, server: Any, capacity: int) -> None:
         self.server = server
+        self.capacity = capacity
+        self.in_flight = 0
         self.info = _LocalMethod(server.info)
         self.shadow = _LocalMethod(server.shadow)
 
-    def remote(self, payload: Any) -> asyncio.Task:
-        return asyncio.ensure_future(self.server(payload))
+    def remote(self, payload: Any) -> asyncio.Future:
+        if self.in_flight >= self.capacity:  # raised on await, where a deployment handle raises it
+            refused = asyncio.get_running_loop().create_future()
+            refused.set_exception(
+                BackPressureError(num_queued_requests=self.in_flight, max_queued_requests=self.capacity)
+            )
+            return refused
+        self.in_flight += 1
+        task = asyncio.ensure_future(self.server(payload))
+        task.add_done_callback(self._finished)  # runs on completion, error and cancellation alike
+        return task
+
+    def _finished(self, _task: asyncio.Task) -> None:
+        self.in_flight -= 1
 
 
 def colocated_servers(config: AppConfig) -> dict[str, dict[str, LocalHandle]]:
@@ -59,5 +79,5 @@ def colocated_servers(config: AppConfig) -> dict[str, dict[str, LocalHandle]]:
         for name, variant in task.variants.items():
             server = server_class(*task.server_args(name), model_executor=executor)
             server.reconfigure(variant.batching.model_dump())  # a deployment gets it as user_config
-            servers[route][name] = LocalHandle(server)
+            servers[route][name] = LocalHandle(server, variant.max_ongoing_requests + variant.max_queued_requests)
     return servers

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 from pruning.core.task_registry import ROUTES
 from pruning.runtime.numerics import DType
 from service.batcher import BatchPolicy
+
+# The model threads' niceness when the HTTP work beside them is light (colocated, behind HAProxy).
+LIGHT_FRONT_NICE = 4
 
 
 class Strict(BaseModel):
@@ -136,6 +139,9 @@ class ShadowConfig(Strict):
     max_in_flight: int = Field(2, ge=1, le=1024, description="shadow requests at once; beyond it samples are dropped")
 
 
+_BATCHING_APART = "batching_apart"
+
+
 class VariantConfig(Strict):
     """One model variant of a task (e.g. `dense`, `pruned`): one Ray Serve deployment."""
 
@@ -163,11 +169,12 @@ class VariantConfig(Strict):
     )
     # 8× overload on 2 cores, colocate + HAProxy: 503 p99 236 ms at 0, 35 ms at 4 (capacity 27.0, 28.6 req/s).
     # Behind Ray's Python proxy, whose HTTP work is heavier, 4 starved the model instead (capacity 22 req/s,
-    # slower refusals at 4×): so 0 by default, 4 with a light HTTP front.
-    nice: int = Field(
-        0, ge=0, le=19,
+    # slower refusals at 4×): so the default follows the HTTP front (`AppConfig.resolved`).
+    nice: int | None = Field(
+        None, ge=0, le=19,
         description="lower the model threads' CPU priority by this much (Linux), so the HTTP path sharing "
-        "their cores answers first under overload (refusals included)",
+        f"their cores answers first under overload (refusals included); default: {LIGHT_FRONT_NICE} when the "
+        "model lives in the ingress behind HAProxy, else 0",
     )  # fmt: skip
     max_queued_requests: int = Field(64, ge=1, description="beyond this, 503 with Retry-After")
     # Ray Serve's default of 5 would silently cap batches. Not derived from the batch size: changing
@@ -198,8 +205,16 @@ class VariantConfig(Strict):
             return {"num_replicas": self.replicas}
         return {"autoscaling_config": self.autoscaling.model_dump()}
 
+    @classmethod
+    def from_server_args(cls, variant: dict) -> VariantConfig:
+        """The variant as `TaskConfig.server_args` hands it to a model server: batching travels apart, so
+        checks against it were made on the whole config and must not be re-made against its defaults."""
+        return cls.model_validate(variant, context={_BATCHING_APART: True})
+
     @model_validator(mode="after")
-    def _batches_can_fill(self) -> VariantConfig:
+    def _batches_can_fill(self, info: ValidationInfo) -> VariantConfig:
+        if info.context and info.context.get(_BATCHING_APART):
+            return self
         if self.max_ongoing_requests < self.batching.max_batch_size:
             raise ValueError(
                 f"max_ongoing_requests ({self.max_ongoing_requests}) is below batching.max_batch_size "
@@ -252,6 +267,11 @@ class TaskConfig(Strict):
         return self
 
 
+def _scales_alone(variant: VariantConfig) -> bool:
+    """A variant that asks for its own replica count or autoscaling: it needs a deployment of its own."""
+    return variant.autoscaling is not None or variant.replicas != 1
+
+
 class AppConfig(Strict):
     """The whole application: which tasks are served, by which variants."""
 
@@ -267,19 +287,25 @@ class AppConfig(Strict):
         "(without a bound, an overloaded machine leaves them waiting there, unanswered)",
     )
 
-    colocate: bool = Field(
-        False,
+    # 2 cores, the shared MiniLM (BENCHMARKS.md, issues 16 and 17): in one process behind HAProxy, c=1 is
+    # ~4 ms behind a plain FastAPI process (17 ms through Ray's proxy and a model replica), and 8× overload
+    # is refused in < 50 ms p99 with accepted requests inside their bound (Ray's proxy: accepted p99 19 s).
+    colocate: bool | Literal["auto"] = Field(
+        "auto",
         description="run every variant's model inside the ingress replica: one process, no hop between the HTTP "
         "layer and the model (lowest latency on a small machine); variants then share the ingress's replicas and "
-        "one model thread, so per-variant replicas and autoscaling do not apply",
+        "one model thread, so per-variant replicas, autoscaling and GPUs do not apply. auto: colocated when the "
+        "config serves one task and every variant is one CPU replica (nothing that scales or takes a GPU share "
+        "alone, and no second task whose long requests would hold the shared model thread); otherwise a "
+        "deployment per variant",
     )
 
     http_front: Literal["ray-proxy", "haproxy"] = Field(
-        "ray-proxy",
-        description="what answers HTTP: Ray Serve's Python proxy, or HAProxy routing straight to the ingress "
-        "replica's own HTTP server (Ray's throughput-optimized mode with direct ingress; on 2 cores it took "
-        "client − request from ~14 ms to ~4 ms). A setting of the Ray cluster: applied where blockserve starts "
-        "Ray (`blockserve serve`) or writes the cluster (`blockserve kuberay`)",
+        "haproxy",
+        description="what answers HTTP: HAProxy routing straight to the ingress replica's own HTTP server (Ray's "
+        "throughput-optimized mode with direct ingress; on 2 cores it took client − request from ~14 ms to ~4 ms "
+        "and keeps refusing in milliseconds under overload), or Ray Serve's Python proxy. A setting of the Ray "
+        "cluster: applied where blockserve starts Ray (`blockserve serve`) or writes the cluster (`blockserve kuberay`)",
     )
 
     # Ray starts every worker (replicas, proxy, HAProxy) at nice 15, below its own daemons and anything else
@@ -304,17 +330,32 @@ class AppConfig(Strict):
         return environment
 
     @model_validator(mode="after")
-    def _colocated_variants_do_not_scale_alone(self) -> AppConfig:
+    def _resolved(self) -> AppConfig:
+        """Settle what `auto` and unset defaults mean for this config, so every process that reads its dump
+        (ingress, model replicas) sees the same topology."""
+        if self.colocate == "auto":
+            self.colocate = len(self.tasks()) == 1 and not any(
+                _scales_alone(v) or v.num_gpus > 0 for v in self.variants()
+            )
+        light_front = self.colocate and self.http_front == "haproxy"
+        for variant in self.variants():
+            if variant.nice is None:
+                variant.nice = LIGHT_FRONT_NICE if light_front else 0
         if not self.colocate:
             return self
         for route, task in self.tasks().items():
             for name, variant in task.variants.items():
-                if variant.autoscaling is not None or variant.replicas != 1:
+                if _scales_alone(variant):
                     raise ValueError(
                         f"{route}.variants.{name}: with colocate, variants live in the ingress replica and scale "
                         "with it; remove replicas/autoscaling (or set colocate: false)"
                     )
         return self
+
+    def topology(self) -> str:
+        """One line for the logs: where the models run and what answers HTTP."""
+        where = "in the ingress replica" if self.colocate else "in a deployment per variant"
+        return f"models {where}, {self.http_front} in front"
 
     def colocated_resources(self) -> dict[str, float]:
         """What the ingress replica reserves when it holds the models: the sum of the variants' requests."""

@@ -67,7 +67,7 @@ class _ModelServer:
         self, variant_name: str, variant: dict, limits: dict, generation: dict, model_executor: Executor | None = None
     ) -> None:
         self.variant_name = variant_name
-        self.variant = VariantConfig.model_validate(variant)
+        self.variant = VariantConfig.from_server_args(variant)
         self.limits = LimitsConfig.model_validate(limits)
         self.generation = GenerationConfig.model_validate(generation)
         self.device = resolve_device(self.variant.device)

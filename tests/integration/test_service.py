@@ -203,7 +203,8 @@ def tight(served, summarizer_dir):
 
     from service.app import build_app
 
-    variant = {"checkpoint": str(summarizer_dir), "num_cpus": 0.1, "max_queued_requests": 1,
+    # One running and one waiting, whichever topology `colocate: auto` picks (here: colocated).
+    variant = {"checkpoint": str(summarizer_dir), "num_cpus": 0.1, "max_ongoing_requests": 1, "max_queued_requests": 1,
                "batching": {"max_batch_size": 1, "max_wait_ms": 0}}  # fmt: skip
     config = {
         "summarize": {

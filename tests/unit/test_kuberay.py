@@ -1,5 +1,6 @@
 """The KubeRay manifest, the GPU Serve config it embeds, autoscaling options and the Dockerfile."""
 
+import os
 import re
 
 import jsonschema
@@ -137,7 +138,7 @@ def test_gpu_extra_brings_onnxruntime_gpu():
 
 def test_haproxy_front_reaches_every_ray_container_and_a_local_ray(tmp_path, monkeypatch):
     document = yaml.safe_load(SERVE_GPU.read_text())
-    document["applications"][0]["args"]["http_front"] = "haproxy"
+    assert "http_front" not in document["applications"][0]["args"]  # HAProxy is the default front
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(document))
     manifest = render_rayservice(path)
@@ -153,6 +154,10 @@ def test_haproxy_front_reaches_every_ray_container_and_a_local_ray(tmp_path, mon
     if CRD.is_file():
         jsonschema.validate(manifest, _crd_schema())
     head = render_rayservice(SERVE_GPU)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
+    assert head["containers"][0]["env"] == wanted
+    document["applications"][0]["args"]["http_front"] = "ray-proxy"
+    path.write_text(yaml.safe_dump(document))
+    head = render_rayservice(path)["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]
     assert head["containers"][0]["env"] == [{"name": "RAY_worker_niceness", "value": "0"}]  # serving on a par
     document["applications"][0]["args"].update(http_front="ray-proxy", ray_worker_niceness=None)
     path.write_text(yaml.safe_dump(document))
@@ -169,9 +174,25 @@ def test_haproxy_front_reaches_every_ray_container_and_a_local_ray(tmp_path, mon
     monkeypatch.delenv("RAY_worker_niceness", raising=False)
     monkeypatch.setenv("RAY_SERVE_THROUGHPUT_OPTIMIZED", "0")
     prepare_ray_environment(read_serve_config(path)[1])
-    import os
 
     assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1" and os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] == "0"
     assert "RAY_worker_niceness" not in os.environ  # this config asked for Ray's own
     with pytest.raises(ValidationError, match="http_front"):
         AppConfig.model_validate({**document["applications"][0]["args"], "http_front": "nginx"})
+
+
+def test_a_process_that_starts_ray_again_gets_its_environment_back(monkeypatch):
+    """`served()` and `demo --once` wrap their Ray in this: the next Ray of the process (tests, benchmarks)
+    must start from its own config, not with the last one's HAProxy variables."""
+    from service.app import environment_restored, prepare_ray_environment
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_SERVE_ENABLE_HA_PROXY", raising=False)
+    niceness = "RAY_worker_niceness"  # Ray's spelling, lower case included
+    monkeypatch.setenv(niceness, "7")
+    document = yaml.safe_load(SERVE_GPU.read_text())
+    with environment_restored():
+        prepare_ray_environment(AppConfig.model_validate(document["applications"][0]["args"]))
+        assert os.environ["RAY_SERVE_ENABLE_HA_PROXY"] == "1"
+        assert os.environ[niceness] == "7"  # the user's wins
+    assert "RAY_SERVE_ENABLE_HA_PROXY" not in os.environ and os.environ[niceness] == "7"

@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from service.config import AppConfig
+from service.config import LIGHT_FRONT_NICE, AppConfig, VariantConfig
 
 
 def _config(**overrides):
@@ -146,10 +146,18 @@ def test_the_padding_budget_reaches_the_batcher_and_rejects_nonsense():
         )
 
 
-def test_model_thread_priority_is_the_process_one_unless_lowered_within_linux_bounds():
-    assert AppConfig.model_validate(_config()).qa.variants["dense"].nice == 0
-    lowered = {"dense": {"checkpoint": "x", "nice": 4}}
-    assert AppConfig.model_validate(_config(variants=lowered, default_variant="dense")).qa.variants["dense"].nice == 4
+def test_model_thread_priority_follows_the_http_front_unless_set_within_linux_bounds():
+    # Colocated behind HAProxy the HTTP work beside the model is light: the model yields to it.
+    assert AppConfig.model_validate(_config()).qa.variants["dense"].nice == LIGHT_FRONT_NICE
+    # Behind Ray's Python proxy, or in a replica of its own, it keeps the process's priority.
+    for topology in ({"http_front": "ray-proxy"}, {"colocate": False}):
+        assert AppConfig.model_validate({**_config(), **topology}).qa.variants["dense"].nice == 0
+    for given in (0, 7):
+        lowered = {"dense": {"checkpoint": "x", "nice": given}}
+        assert (
+            AppConfig.model_validate(_config(variants=lowered, default_variant="dense")).qa.variants["dense"].nice
+            == given
+        )
     for bad in (-1, 20):
         with pytest.raises(ValidationError, match="nice"):
             AppConfig.model_validate(
@@ -171,3 +179,37 @@ def test_colocated_variants_reserve_their_sum_and_do_not_scale_alone():
         AppConfig.model_validate(data)
     data["colocate"] = False  # the same variants as deployments of their own are fine
     assert AppConfig.model_validate(data).colocate is False
+
+
+def test_auto_topology_colocates_one_task_of_single_cpu_replicas_behind_haproxy():
+    config = AppConfig.model_validate(_config())
+    assert config.colocate is True and config.http_front == "haproxy"
+    assert config.topology() == "models in the ingress replica, haproxy in front"
+    # Anything that asks for a deployment of its own keeps one per variant, without an error.
+    for asks in ({"replicas": 2}, {"autoscaling": {"min_replicas": 1, "max_replicas": 3}}, {"num_gpus": 0.5}):
+        data = _config()
+        data["qa"]["variants"]["pruned"].update(asks)
+        assert AppConfig.model_validate(data).colocate is False, asks
+    # A second task would share the one model thread (a long summary holding QA requests): deployments.
+    both = {**_config(), "summarize": {"default_variant": "d", "variants": {"d": {"checkpoint": "bart"}}}}
+    assert AppConfig.model_validate(both).colocate is False
+    assert AppConfig.model_validate({**both, "colocate": True}).colocate is True  # asked for: honoured
+
+
+def test_resolved_config_round_trips_to_the_same_topology():
+    """The ingress and the model replicas re-read the dump: they must see what the driver resolved."""
+    config = AppConfig.model_validate(_config())
+    again = AppConfig.model_validate(config.model_dump())
+    assert (again.colocate, again.http_front, again.qa.variants["dense"].nice) == (True, "haproxy", LIGHT_FRONT_NICE)
+    assert again == config
+
+
+def test_a_model_server_accepts_the_variant_its_config_accepted():
+    """A small `max_ongoing_requests` with a batch to match is valid; the server, which gets the variant
+    without its batching (that travels apart), must not re-check it against the default batch size."""
+    variant = {"checkpoint": "/m", "max_ongoing_requests": 1, "batching": {"max_batch_size": 1}}
+    config = AppConfig.model_validate({"qa": {"default_variant": "v", "variants": {"v": variant}}})
+    _, server_variant, _, _ = config.qa.server_args("v")
+    assert VariantConfig.from_server_args(server_variant).max_ongoing_requests == 1
+    with pytest.raises(ValidationError, match="batches could never fill"):
+        AppConfig.model_validate({"qa": {"default_variant": "v", "variants": {"v": {**variant, "batching": {}}}}})
