@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 EXTRAS ?= cpu,dev
 
-.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm bench-int8 gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-qa-bf16 posttrain-qa-b8 posttrain-qa-recover rearrangement-qa pareto-qa serve-overhead chaos posttrain-bart lint clean
+.PHONY: install test test-fast demo bench bench-numerics profile-b1 bench-align tune-minilm bench-int8 gpu-check loadtest movement-qa movement-bart posttrain-qa posttrain-qa-bf16 posttrain-qa-b8 posttrain-qa-recover rearrangement-qa pareto-qa serve-overhead path-ceiling chaos posttrain-bart lint clean
 
 install: $(STAMP)
 
@@ -239,6 +239,11 @@ BEST_NUMERICS ?=
 serve-overhead: $(STAMP) $(SERVE_PRUNED)/blockserve.json
 	$(BIN)/python benchmarks/serve_overhead.py --dense $(MINILM) --pruned $(SERVE_PRUNED) \
 		--data $(SQUAD)/dev.json --out benchmarks/serve-overhead $(if $(BEST_NUMERICS),--best-numerics $(BEST_NUMERICS))
+
+# What the HTTP path carries with no model in it (GET /healthz through the default topology), against QA
+# on the same server: the ceiling a faster model cannot lift on this machine (~2 minutes).
+path-ceiling: $(STAMP)
+	$(BIN)/python benchmarks/path_ceiling.py --model $(MINILM) --data $(SQUAD)/dev.json --out benchmarks/path-ceiling
 
 # Overload at 2×/4×/8× capacity, a replica killed under load, and fuzzing, against the served MiniLM
 # (~6 minutes; nothing else may run meanwhile). Results in benchmarks/chaos, quoted in BENCHMARKS.md.
