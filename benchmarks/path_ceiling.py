@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import logging
-import statistics
 import sys
 import tempfile
 import time
@@ -29,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from serve_overhead import blockserve_config  # noqa: E402
+from serve_overhead import blockserve_config, drive, percentile  # noqa: E402
 
-from loadtests.client import Target, closed_loop, settle_collector  # noqa: E402
+from loadtests.client import settle_collector  # noqa: E402
 from loadtests.launch import served  # noqa: E402
 from pruning.runtime.numerics import reported_cpu_flags  # noqa: E402
 from pruning.tasks.qa import read_squad  # noqa: E402
@@ -41,7 +40,7 @@ log = logging.getLogger("path_ceiling")
 
 
 async def health_loop(url: str, concurrency: int, duration_s: float) -> dict:
-    """Closed loop of GET /healthz: answered requests per second and client p50/p99."""
+    """Closed loop of GET /healthz, summarised like `serve_overhead.drive`'s QA rows."""
     latencies: list[float] = []
     failures = 0
     async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
@@ -53,8 +52,7 @@ async def health_loop(url: str, concurrency: int, duration_s: float) -> dict:
             while time.perf_counter() - start < duration_s:
                 sent = time.perf_counter()
                 try:
-                    response = await client.get(f"{url}/healthz")
-                    ok = response.status_code == 200
+                    ok = (await client.get(f"{url}/healthz")).status_code == 200
                 except httpx.HTTPError:
                     ok = False
                 if ok:
@@ -63,26 +61,11 @@ async def health_loop(url: str, concurrency: int, duration_s: float) -> dict:
                     failures += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return _summary("GET /healthz", concurrency, latencies, failures, elapsed)
-
-
-async def qa_loop(url: str, bodies: list[dict], concurrency: int, duration_s: float) -> dict:
-    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=concurrency)) as client:
-        start = time.perf_counter()
-        records = await closed_loop(client, Target(url, "qa", "dense", bodies), concurrency, duration_s)
-        elapsed = time.perf_counter() - start
-    ok = [r.latency_ms for r in records if r.ok]
-    return _summary("POST /v1/qa (dense)", concurrency, ok, len(records) - len(ok), elapsed)
-
-
-def _summary(route: str, concurrency: int, latencies: list[float], failures: int, elapsed: float) -> dict:
-    ordered = sorted(latencies)
+        seconds = time.perf_counter() - start
     return {
-        "route": route, "concurrency": concurrency, "answered": len(ordered), "failures": failures,
-        "rps": round(len(ordered) / elapsed, 1),
-        "p50_ms": round(statistics.median(ordered), 2) if ordered else None,
-        "p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2) if ordered else None,
+        "variant": "GET /healthz", "concurrency": concurrency, "requests": len(latencies) + failures,
+        "errors": failures, "p50_ms": round(percentile(latencies, 0.5), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2), "throughput_rps": round(len(latencies) / seconds, 2),
     }  # fmt: skip
 
 
@@ -108,22 +91,18 @@ def main() -> None:
         config = Path(scratch) / "serve.yaml"
         config.write_text(yaml.safe_dump(document))
         with served(config) as url:
-            asyncio.run(qa_loop(url, bodies, 2, 2.0))  # warm-up
             for concurrency in args.levels:
-                for row in (
-                    asyncio.run(health_loop(url, concurrency, args.duration)),
-                    asyncio.run(qa_loop(url, bodies, concurrency, args.duration)),
-                ):
-                    log.info("%s", row)
-                    rows.append(row)
+                rows.append(asyncio.run(health_loop(url, concurrency, args.duration)))
+                log.info("%s", rows[-1])
+                rows.append(asyncio.run(drive(url, "dense", bodies, concurrency, args.duration)))
     result = {"topology": topology, "cpu_flags": reported_cpu_flags(), "model": args.model, "rows": rows}
     (out / "path-ceiling.json").write_text(json.dumps(result, indent=1))
     lines = [
         f"topology: {topology}; cpu flags: {' '.join(result['cpu_flags'])}", "",
-        "| route | c | req/s | p50 ms | p99 ms | failures |", "|---|---|---|---|---|---|",
+        "| request | c | req/s | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|",
     ]  # fmt: skip
     lines += [
-        f"| {r['route']} | {r['concurrency']} | {r['rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['failures']} |"
+        f"| {r['variant']} | {r['concurrency']} | {r['throughput_rps']} | {r['p50_ms']} | {r['p99_ms']} | {r['errors']} |"
         for r in rows
     ]
     (out / "path-ceiling.md").write_text("\n".join(lines) + "\n")
